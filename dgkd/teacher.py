@@ -1,0 +1,191 @@
+"""Train-or-load the teacher, in a content-addressed cache shared by processes.
+
+The cache key is a hash of everything that determines the teacher (data, split, architecture,
+its training recipe and seed), so changing any of them trains a new one and nothing stale is
+served. A file lock makes concurrent requests train it once; a checksum beside each weight file
+detects a corrupt or truncated cache entry, which is then retrained. Within a process, the
+teacher and its logits on the train and test splits are memoized, so a search's later trials pay
+nothing for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from torch import Tensor, nn
+
+from dgkd.data import Splits
+from dgkd.io import atomic_write_bytes, atomic_write_json, cache_dir
+from dgkd.models import build_model
+
+__all__ = ["TeacherBundle", "TeacherError", "load_teacher", "teacher_config", "teacher_key"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the teacher's training code changes in a way that changes the weights it produces.
+_FORMAT = 1
+
+_MEMO: dict[tuple[str, str], TeacherBundle] = {}
+
+
+class TeacherError(RuntimeError):
+    """The teacher checkpoint given by the user cannot be used."""
+
+
+@dataclass(frozen=True)
+class TeacherBundle:
+    """A frozen teacher in eval mode with its logits on the train and test splits."""
+
+    model: nn.Module
+    train_logits: Tensor  # eval-mode logits on splits.train_x (un-augmented)
+    test_logits: Tensor
+    key: str
+    source: str  # "trained", "cache", "memory" or the checkpoint path
+
+
+def teacher_config(cfg):
+    """The teacher's own training run: CE on the same data with the teacher's recipe fields.
+
+    It shares the student's optimizer and schedule, with its own epochs, learning rate and seed;
+    multi-step milestones past the teacher's last epoch are dropped.
+    """
+    milestones = tuple(m for m in cfg.milestones if m <= cfg.teacher_epochs)
+    multistep_left = cfg.schedule != "multistep" or bool(milestones)
+    return cfg.replace(
+        method="ce",
+        student=cfg.teacher,
+        student_width=cfg.teacher_width,
+        epochs=cfg.teacher_epochs,
+        lr=cfg.teacher_lr or cfg.lr,
+        seed=cfg.teacher_seed,
+        milestones=milestones,
+        schedule=cfg.schedule if multistep_left else "constant",
+    )
+
+
+# Fields of the teacher's TrainConfig that determine its weights (not where files live, not the
+# device, not the distillation settings).
+_KEY_FIELDS = (
+    "dataset", "val_fraction", "split_seed", "student", "student_width", "epochs", "lr",
+    "optimizer", "momentum", "weight_decay", "schedule", "milestones", "gamma", "batch_size",
+    "seed", "amp",
+)  # fmt: skip
+
+
+def teacher_key(cfg) -> str:
+    """Content hash of the teacher run derived from ``cfg`` (16 hex digits)."""
+    tcfg = teacher_config(cfg)
+    spec = {name: getattr(tcfg, name) for name in _KEY_FIELDS}
+    spec["milestones"] = list(spec["milestones"])
+    spec["format"] = _FORMAT
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_teacher(
+    cfg, splits: Splits, *, device: torch.device, progress: bool = False
+) -> TeacherBundle:
+    """The teacher for ``cfg``: from memory, the checkpoint, the cache, or trained now.
+
+    Raises:
+        TeacherError: ``cfg.teacher_checkpoint`` is missing, unreadable or does not fit.
+    """
+    key = cfg.teacher_checkpoint or teacher_key(cfg)
+    memo_key = (key, str(device))
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    model = build_model(
+        cfg.teacher,
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+        width=cfg.teacher_width or None,
+    )
+    if cfg.teacher_checkpoint:
+        model.load_state_dict(_read_checkpoint(Path(cfg.teacher_checkpoint)))
+        source = cfg.teacher_checkpoint
+    else:
+        state, source = _cached_or_trained(cfg, key, splits, device, progress)
+        model.load_state_dict(state)
+    model = model.to(device).eval().requires_grad_(False)
+    from dgkd.train import predict
+
+    kw = {"device": device, "batch_size": cfg.eval_batch_size, "amp": cfg.amp}
+    bundle = TeacherBundle(
+        model=model,
+        train_logits=predict(model, splits, splits.train_x, **kw)[0],
+        test_logits=predict(model, splits, splits.test_x, **kw)[0],
+        key=key,
+        source=source,
+    )
+    _MEMO[memo_key] = bundle
+    return bundle
+
+
+def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise TeacherError(f"teacher_checkpoint {path} does not exist; give a state_dict file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise TeacherError(
+            f"teacher_checkpoint {path} is not a readable torch file: {exc}"
+        ) from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise TeacherError(f"teacher_checkpoint {path} holds no state_dict")
+    return state
+
+
+def _entry(key: str) -> tuple[Path, Path]:
+    root = cache_dir() / "teachers"
+    return root / f"{key}.pt", root / f"{key}.json"
+
+
+def _load_cached(key: str) -> dict[str, Tensor] | None:
+    """The cached state dict, or None when absent or corrupt (checksum or format mismatch)."""
+    weights, meta = _entry(key)
+    if not (weights.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        blob = weights.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != info["sha256"]:
+            raise ValueError("checksum mismatch")
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable entry is retrained, never trusted
+        log.warning("teacher cache entry %s is corrupt (%s); retraining it", weights, exc)
+        return None
+
+
+def _cached_or_trained(cfg, key: str, splits: Splits, device: torch.device, progress: bool):
+    state = _load_cached(key)
+    if state is not None:
+        return state, "cache"
+    weights, meta = _entry(key)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(weights) + ".lock"):
+        state = _load_cached(key)  # another process may have trained it while we waited
+        if state is not None:
+            return state, "cache"
+        from dgkd.train import fit
+
+        tcfg = teacher_config(cfg)
+        model, history = fit(tcfg, splits, teacher=None, teacher_train_logits=None, device=device,
+                             progress=progress)  # fmt: skip
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        blob = buf.getvalue()
+        atomic_write_bytes(weights, blob)
+        atomic_write_json(meta, {
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "config": tcfg.to_dict(),
+            "val_acc": history[-1].get("val_acc"),
+        })  # fmt: skip
+        return state, "trained"
