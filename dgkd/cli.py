@@ -11,9 +11,10 @@ import argparse
 import json
 import math
 import sys
+import typing
 from collections.abc import Callable, Sequence
 
-__all__ = ["train_main"]
+__all__ = ["ablate_main", "search_main", "train_main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -23,11 +24,22 @@ class UsageError(Exception):
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from dgkd.ablate import AblateError
     from dgkd.images import DatasetMissingError
+    from dgkd.search import SearchInputError
+    from dgkd.space import SpecError
     from dgkd.teacher import TeacherError
     from dgkd.train import ConfigError
 
-    return (UsageError, ConfigError, DatasetMissingError, TeacherError)
+    return (
+        UsageError,
+        ConfigError,
+        DatasetMissingError,
+        TeacherError,
+        AblateError,
+        SpecError,
+        SearchInputError,
+    )
 
 
 def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
@@ -102,16 +114,229 @@ def _print_metrics(cfg, metrics: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"{cfg.method} {cfg.student}"
+    caption = f"{cfg.dataset}, teacher {cfg.teacher}, seed {cfg.seed}"
     if cfg.method in ("dkd", "dgkd"):
-        title += f"  alpha={cfg.alpha:g} beta={cfg.beta:g} T={cfg.temperature:g}"
-        title += f" epsilon={cfg.epsilon:g}" if cfg.method == "dgkd" else ""
-    table = Table(title=title)
+        caption = (
+            f"alpha={cfg.alpha:g} beta={cfg.beta:g} T={cfg.temperature:g}"
+            + (f" epsilon={cfg.epsilon:g}" if cfg.method == "dgkd" else "")
+            + f"\n{caption}"
+        )
+    table = Table(title=f"{cfg.method}: student {cfg.student}", caption=caption)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        shown = f"{value:.0f}" if key == "epochs" else f"{value:.4f}"
+        table.add_row(key, shown if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+def _ablate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dgkd-ablate",
+        description="Run DGKD ablation variants on paired seeds and export tables with "
+        "bootstrap CIs and Holm-corrected paired tests.",
+        epilog="Variants: full (always included), no_grad_term, minimize_mse, raw_mse, kd, ce, "
+        "tckd_only, nckd_only. Results: <out>/ablate/<name>/ (runs.csv, summary.csv, summary.md, "
+        "config.json, ablation.png). Example: dgkd-ablate --variants no_grad_term,minimize_mse",
+    )
+    p.add_argument(
+        "--variants",
+        default="all",
+        metavar="A,B,...",
+        help="comma-separated variants, or 'all' (default: all); full is always included",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--study", metavar="NAME", help="use the study's base config (no search)")
+    src.add_argument(
+        "--from-study", metavar="NAME", help="use the best finished trial of the study's search"
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage of --from-study (default: the journal <out>/<study>/journal.log)",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default 5)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="parallel processes (local, default 1) or cells in flight (ray, default: all)",
+    )
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="default: local")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new one)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the base config, repeatable (e.g. --set epochs=20)",
+    )
+    p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
+    p.add_argument(
+        "--name",
+        help="results directory under <out>/ablate/ (default: 'default', the study's name, "
+        "or '<study>-best' with --from-study)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="move an existing directory of that name aside"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def ablate_main(argv: Sequence[str] | None = None) -> int:
+    """``dgkd-ablate``: paired ablation of DGKD's variants, summarized into tables."""
+    args = _ablate_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be >= 1 (5 or more for CIs), got {args.seeds}")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {args.workers}")
+        from pathlib import Path
+
+        from dgkd.ablate import (
+            AblationOptions,
+            parse_variants,
+            preflight,
+            resolve_base,
+            run_ablation,
+        )
+        from dgkd.ablate_export import describe_base, print_summary
+        from dgkd.train import parse_overrides
+
+        variants = parse_variants(args.variants)
+        base = resolve_base(
+            study=args.study,
+            from_study=args.from_study,
+            storage=args.storage,
+            overrides=parse_overrides(args.overrides),
+            out_dir=args.out,
+        )
+        tty = sys.stderr.isatty()
+        opts = AblationOptions(
+            variants=variants,
+            seeds=args.seeds,
+            workers=args.workers,
+            backend=args.backend,
+            address=args.address,
+            out_dir=Path(args.out),
+            name=args.name,
+            fresh=args.fresh,
+            progress=tty and not args.quiet,
+            log=None if tty or args.quiet else (lambda line: print(line, file=sys.stderr)),
+            argv=tuple(argv),
+        )
+        plan = preflight(base, opts)  # every bad input is refused before anything is printed
+        print(describe_base(base), file=sys.stderr)
+        print(
+            f"{len(plan.variants)} variants x {len(plan.seeds)} seeds: "
+            f"{len(plan.pending)} runs to train, {len(plan.finished)} finished in {plan.directory}",
+            file=sys.stderr,
+        )
+        result = run_ablation(base, opts)
+        if result.moved_to is not None:
+            print(f"moved the old results to {result.moved_to}", file=sys.stderr)
+        print_summary(result)
+        print(
+            f"{result.ran} runs trained, {result.reused} reused; results in {result.directory}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+
+    return run_guarded("dgkd-ablate", args.debug, body)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``prog: error: ...``) with exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _search_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="dgkd-search",
+        description="Search a study's hyperparameters with Optuna (default) or Ray Tune. "
+        "Rerunning the same command continues an interrupted search up to --trials.",
+        epilog="Outputs in <out>/<study>/: trials.csv, best.json, importance.csv, "
+        "optimization_history.png, param_importances.png (and accuracy_vs_<param>.png for a "
+        "one-parameter study), plus the Optuna journal journal.log. "
+        "Example: dgkd-search --study eps_sweep --trials 200 --workers 2",
+    )
+    p.add_argument("--study", metavar="NAME|FILE", help="a packaged study name or a .toml file")
+    p.add_argument("--trials", type=int, help="total trials across workers and restarts "
+                   "(default: the study's)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the storage "
+                   "(optuna backend; default 1)")  # fmt: skip
+    p.add_argument("--backend", default="optuna", help="optuna (default) or ray")
+    p.add_argument("--storage", metavar="URL", help="Optuna RDB URL (e.g. postgresql://...) or "
+                   "journal file path (default: <out>/<study>/journal.log)")  # fmt: skip
+    p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (ray backend; "
+                   "default: RAY_ADDRESS or a new local cluster)")  # fmt: skip
+    p.add_argument("--cpus-per-trial", type=float, help="ray backend (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="ray backend, fractions allowed "
+                   "(default 0)")  # fmt: skip
+    p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
+    p.add_argument("--fresh", action="store_true", help="start over: move <out>/<study> (and "
+                   "the study in --storage) aside as <name>.old-<timestamp>")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the study's base config, repeatable (e.g. --set epochs=20)",
+    )
+    p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def search_main(argv: Sequence[str] | None = None) -> int:
+    """``dgkd-search``: run or continue a study's search and summarize the best trials."""
+    args = _search_parser().parse_args(argv)
+
+    def body() -> int:
+        from dgkd.study import available_studies, load_study
+
+        if args.list:
+            for name in available_studies():
+                study = load_study(name)
+                print(f"{name}: {' '.join(study.description.split())}")
+            return EXIT_OK
+        if not args.study:
+            raise UsageError("--study is required (a name from --list, or a .toml file)")
+        from dgkd.search import make_options, print_summary, run_search
+        from dgkd.train import parse_overrides
+
+        study = load_study(args.study)
+        opts = make_options(
+            study,
+            trials=args.trials,
+            out=args.out,
+            workers=args.workers,
+            backend=args.backend,
+            storage=args.storage,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            fresh=args.fresh,
+            quiet=args.quiet,
+            overrides=parse_overrides(args.overrides),
+        )
+        records = run_search(study, opts)
+        print_summary(study, records, opts)
+        failed = [r for r in records if r.state == "FAIL"]
+        if failed and not any(r.state == "COMPLETE" for r in records):
+            first = failed[0]
+            raise RuntimeError(f"no trial completed; trial {first.number}: {first.fail_reason}")
+        return EXIT_OK
+
+    return run_guarded("dgkd-search", args.debug, body)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "count_parameters"]
+__all__ = ["MODEL_NAMES", "SEQUENCE_MODELS", "build_model", "count_parameters", "has_width"]
 
 
 def _as_sequence(x: torch.Tensor) -> torch.Tensor:
@@ -258,6 +258,15 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
+SEQUENCE_MODELS: tuple[str, ...] = (
+    "cnn1d",
+    "mlp",
+)  # take MNIST-1D sequences; the rest 32x32 images
+
+
+def has_width(name: str) -> bool:
+    """Whether ``name`` takes a ``width`` (the image models' widths are fixed by their papers)."""
+    return name in _REGISTRY and _REGISTRY[name][1] is not None
 
 
 def build_model(

@@ -10,6 +10,7 @@ nothing for them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from dgkd.data import Splits
 from dgkd.io import atomic_write_bytes, atomic_write_json, cache_dir
-from dgkd.models import build_model
+from dgkd.models import build_model, has_width
 
 __all__ = ["TeacherBundle", "TeacherError", "load_teacher", "teacher_config", "teacher_key"]
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 # Bump when the teacher's training code changes in a way that changes the weights it produces.
 _FORMAT = 1
 
-_MEMO: dict[tuple[str, str], TeacherBundle] = {}
+_MEMO: dict[tuple, TeacherBundle] = {}
 
 
 class TeacherError(RuntimeError):
@@ -97,17 +98,29 @@ def load_teacher(
         TeacherError: ``cfg.teacher_checkpoint`` is missing, unreadable or does not fit.
     """
     key = cfg.teacher_checkpoint or teacher_key(cfg)
-    memo_key = (key, str(device))
+    # The logits depend on the split and the architecture too, which a checkpoint path alone
+    # does not fix.
+    split = (cfg.dataset, cfg.val_fraction, cfg.split_seed, cfg.teacher, cfg.teacher_width)
+    memo_key = (key, *split, str(device))
     if memo_key in _MEMO:
-        return _MEMO[memo_key]
+        return dataclasses.replace(_MEMO[memo_key], source="memory")
     model = build_model(
         cfg.teacher,
         num_classes=splits.num_classes,
         input_shape=splits.input_shape,
-        width=cfg.teacher_width or None,
+        width=(cfg.teacher_width or None) if has_width(cfg.teacher) else None,
     )
     if cfg.teacher_checkpoint:
-        model.load_state_dict(_read_checkpoint(Path(cfg.teacher_checkpoint)))
+        path = Path(cfg.teacher_checkpoint)
+        state = _read_checkpoint(path)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped parameters
+            detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), "")
+            raise TeacherError(
+                f"teacher_checkpoint {path} does not fit teacher {cfg.teacher} "
+                f"(teacher_width={cfg.teacher_width}): {detail}"
+            ) from None
         source = cfg.teacher_checkpoint
     else:
         state, source = _cached_or_trained(cfg, key, splits, device, progress)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from dgkd import metrics
 from dgkd.data import DATASETS, Splits, load_splits
 from dgkd.losses import dgkd_loss, grad_terms, kd_loss
-from dgkd.models import MODEL_NAMES, build_model
+from dgkd.models import MODEL_NAMES, SEQUENCE_MODELS, build_model, has_width
 
 __all__ = [
     "METHODS",
@@ -75,13 +75,13 @@ class TrainConfig:
     split_seed: int = 0  # seed of the validation split; shared by all runs so trials compare
     # --- models ---
     teacher: str = "cnn1d"  # teacher architecture (dgkd.models.MODEL_NAMES)
-    teacher_width: int = 64  # teacher width for cnn1d/mlp; 0 = the architecture's default
+    teacher_width: int = 64  # width of a cnn1d/mlp teacher (0 = default); image models ignore it
     teacher_epochs: int = 60  # epochs of the teacher's own (CE) training
     teacher_lr: float = 0.0  # teacher learning rate; 0 = same as lr
     teacher_seed: int = 0  # one teacher per setup, shared by every student seed
     teacher_checkpoint: str = ""  # state_dict file to load instead of training a teacher
     student: str = "cnn1d"  # student architecture
-    student_width: int = 8  # student width for cnn1d/mlp; 0 = the architecture's default
+    student_width: int = 8  # width of a cnn1d/mlp student (0 = default); image models ignore it
     # --- method ---
     method: str = "dgkd"  # ce | kd | dkd | dgkd
     alpha: float = 1.0  # TCKD weight (DKD default)
@@ -157,6 +157,12 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.teacher in MODEL_NAMES, "teacher", "one of " + ", ".join(MODEL_NAMES))
     need(cfg.student in MODEL_NAMES, "student", "one of " + ", ".join(MODEL_NAMES))
     need(cfg.method in METHODS, "method", "one of " + ", ".join(METHODS))
+    sequence_data = cfg.dataset == "mnist1d"
+    for name in ("teacher", "student"):
+        arch = getattr(cfg, name)
+        if (arch in SEQUENCE_MODELS) != sequence_data:
+            kind = "a sequence model (cnn1d, mlp)" if sequence_data else "a 32x32 image model"
+            raise ConfigError(f"{name} {arch!r} does not fit dataset {cfg.dataset!r}: use {kind}")
     need(cfg.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS))
     need(cfg.schedule in SCHEDULES, "schedule", "one of " + ", ".join(SCHEDULES))
     need(cfg.device in DEVICES, "device", "one of " + ", ".join(DEVICES))
@@ -344,7 +350,8 @@ def fit(
     The teacher's logits come from ``teacher_train_logits`` (indexed by example) when the
     training inputs are not augmented, else from a teacher forward pass on each batch.
     """
-    name, width, epochs = cfg.student, cfg.student_width, cfg.epochs
+    name, epochs = cfg.student, cfg.epochs
+    width = cfg.student_width if has_width(name) else 0
     torch.manual_seed(cfg.seed)
     model = build_model(
         name, num_classes=splits.num_classes, input_shape=splits.input_shape, width=width or None
@@ -391,6 +398,7 @@ def fit(
             sched.step()
             row = {"epoch": float(epoch), "train_loss": (total / steps).item()}
             row.update({k: (v / steps).item() for k, v in sums.items()})
+            row["val_acc"] = float("nan")  # no validation split (val_fraction 0)
             if len(val_y):
                 val_logits, _ = predict(
                     model, splits, val_x, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp

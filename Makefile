@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make search` (the main job) and `make test`.
+# Each creates .venv when it is missing and reinstalls when pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup search train ablate test lint format bench bench-quick clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	touch $(STAMP)
+
+search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D (~10 min on 2 cores)
+	$(BIN)/dgkd-search --study eps_sweep --trials 200
+
+train: $(STAMP)  ## one default DGKD run
+	$(BIN)/dgkd-train
+
+ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 5 paired seeds
+	$(BIN)/dgkd-ablate --variants no_grad_term,minimize_mse
+
+test: $(STAMP)  ## lint and the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)  ## full benchmark run; writes BENCHMARKS.md
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks of dgkd against straightforward baselines; run ``python -m benchmarks``."""

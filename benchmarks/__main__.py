@@ -1,0 +1,269 @@
+"""Benchmarks: every figure is a ratio against a baseline measured in the same run.
+
+Usage: ``python -m benchmarks [--quick] [--only NAME ...] [--out BENCHMARKS.md]``.
+Absolute times on a shared 2-core machine drift; ratios measured back to back hold. Each
+comparison prints a rich table (median of repeats, min-max) and the whole run is written to
+``BENCHMARKS.md`` with the machine description and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.naive import autograd_dgkd_loss, naive_trial
+from dgkd.io import atomic_write_text
+from dgkd.losses import dgkd_loss
+from dgkd.models import build_model
+from dgkd.train import TrainConfig, distill_loss, train
+
+console = Console()
+
+
+@dataclass
+class Row:
+    """One measured case: per-repeat seconds per call."""
+
+    name: str
+    times: list[float]
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def cell(self) -> str:
+        unit, scale = ("ms", 1e3) if self.median < 1 else ("s", 1.0)
+        lo, hi = min(self.times) * scale, max(self.times) * scale
+        return f"{self.median * scale:.3g} {unit} ({lo:.3g}-{hi:.3g})"
+
+
+@dataclass
+class Comparison:
+    """Rows sharing a baseline; ratios are baseline / row (higher = faster) or row / baseline."""
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    ratios: list[tuple[str, float, str]] = field(default_factory=list)  # (label, value, target)
+    notes: list[str] = field(default_factory=list)
+
+
+def timeit(fn: Callable[[], object], *, repeats: int, inner: int, warmup: int = 2) -> list[float]:
+    """Seconds per call of ``fn``, one figure per repeat of ``inner`` calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        out.append((time.perf_counter() - start) / inner)
+    return out
+
+
+def bench_loss(quick: bool) -> Comparison:
+    """Closed-form dgkd_loss against the double-backward formulation, forward + backward."""
+    comp = Comparison("Gradient term: dgkd_loss (closed form) vs autograd.grad(create_graph=True)")
+    repeats, inner = (3, 20) if quick else (15, 200)
+    for batch, classes in ((64, 100), (128, 10)):
+        gen = torch.Generator().manual_seed(0)
+        zs = torch.randn(batch, classes, generator=gen, requires_grad=True)
+        zt = torch.randn(batch, classes, generator=gen)
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 6.0, "temperature": 4.0}
+
+        def fused(zs=zs, zt=zt, y=y, kw=kw) -> None:
+            dgkd_loss(zs, zt, y, **kw)["loss"].backward()
+
+        def autograd(zs=zs, zt=zt, y=y, kw=kw) -> None:
+            autograd_dgkd_loss(zs, zt, y, **kw).backward()
+
+        a = Row(f"autograd ({batch}, {classes})", timeit(autograd, repeats=repeats, inner=inner))
+        b = Row(f"dgkd_loss ({batch}, {classes})", timeit(fused, repeats=repeats, inner=inner))
+        comp.rows += [a, b]
+        comp.ratios.append((f"speed-up at ({batch}, {classes})", a.median / b.median, ">= 2x"))
+    return comp
+
+
+def _step_fn(model, x, logits_t, y, cfg: TrainConfig) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        logits, _ = model(x)
+        loss, _ = distill_loss(cfg, logits, logits_t, y, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bench_steps(quick: bool) -> Comparison:
+    """Per-step cost (forward, loss, backward, optimizer step) of DGKD against CE and DKD."""
+    comp = Comparison("Distillation overhead per training step")
+    small, large = ((2, 10), (1, 2)) if quick else ((5, 100), (5, 10))  # (repeats, inner)
+    cases = [
+        ("default student (cnn1d w8, batch 128)", "cnn1d", 8, (40,), 10, 128, small),
+        ("resnet8x4, CIFAR-100 shape (batch 64)", "resnet8x4", None, (3, 32, 32), 100, 64, large),
+    ]
+    for label, arch, width, shape, classes, batch, (repeats, inner) in cases:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, *shape, generator=gen)
+        y = torch.randint(0, classes, (batch,), generator=gen)
+        logits_t = torch.randn(batch, classes, generator=gen) * 3
+        medians = {}
+        for method in ("ce", "dkd", "dgkd"):
+            torch.manual_seed(0)
+            model = build_model(arch, num_classes=classes, input_shape=shape, width=width)
+            cfg = TrainConfig(method=method)
+            row = Row(f"{method}: {label}", timeit(_step_fn(model, x, logits_t, y, cfg),
+                                                   repeats=repeats, inner=inner))  # fmt: skip
+            comp.rows.append(row)
+            medians[method] = row.median
+        target_ce = "<= 1.15" if arch == "resnet8x4" else "<= 1.3"
+        comp.ratios.append((f"DGKD/CE, {label}", medians["dgkd"] / medians["ce"], target_ce))
+        target_dkd = "<= 1.10" if arch == "resnet8x4" else "report"
+        comp.ratios.append((f"DGKD/DKD, {label}", medians["dgkd"] / medians["dkd"], target_dkd))
+    return comp
+
+
+def bench_trial(quick: bool) -> Comparison:
+    """One default eps_sweep-style trial through the harness against the straightforward loop."""
+    comp = Comparison("One trial: dgkd.train.train vs a straightforward loop")
+    cfg = TrainConfig(method="dgkd", epochs=3 if quick else 40)
+    train(cfg)  # warm the data and teacher caches, as a search process is after its first trial
+    repeats = 1 if quick else 3
+    harness, naive, accs = [], [], {"harness": [], "naive": []}
+    for seed in range(repeats):
+        c = cfg.replace(seed=seed)
+        start = time.perf_counter()
+        accs["harness"].append(train(c).metrics["test_acc"])
+        harness.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        accs["naive"].append(naive_trial(c)["test_acc"])
+        naive.append(time.perf_counter() - start)
+    a, b = Row("straightforward loop", naive), Row("dgkd train()", harness)
+    comp.rows += [a, b]
+    comp.ratios.append(("speed-up of one trial", a.median / b.median, ">= 3x"))
+    for key, values in accs.items():
+        comp.notes.append(
+            f"test accuracy, {key}: "
+            + ", ".join(f"{v:.3f}" for v in values)
+            + f" (seeds 0-{repeats - 1})"
+        )
+    return comp
+
+
+# VmHWM, not getrusage: ru_maxrss survives exec and would report the parent's peak.
+_MEMORY_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+kind = sys.argv[1]
+if kind == "default":
+    from dgkd.train import TrainConfig, train
+    train(TrainConfig(epochs=int(sys.argv[2])))
+else:
+    from dgkd.models import build_model
+    from dgkd.train import TrainConfig, distill_loss
+    model = build_model("resnet8x4", num_classes=100, input_shape=(3, 32, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    cfg = TrainConfig(method="dgkd")
+    for _ in range(int(sys.argv[2])):
+        x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 100, (64,))
+        logits, _ = model(x)
+        loss, _ = distill_loss(cfg, logits, torch.randn(64, 100), y, 1.0)
+        opt.zero_grad(); loss.backward(); opt.step()
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+print(status)
+"""
+
+
+def bench_memory(quick: bool) -> Comparison:
+    """Peak resident memory of a process running one trial (reported, no target)."""
+    comp = Comparison("Memory: peak resident set size of one process")
+    cases = (
+        ("default trial", "default", 3 if quick else 40),
+        ("resnet8x4 training steps (batch 64)", "resnet", 2 if quick else 20),
+    )
+    for label, kind, n in cases:
+        cmd = [sys.executable, "-c", _MEMORY_SCRIPT, kind, str(n)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        mib = int(out.stdout.strip().splitlines()[-1]) / 1024
+        comp.notes.append(f"{label}: {mib:.0f} MiB peak RSS")
+    return comp
+
+
+BENCHES = {"loss": bench_loss, "steps": bench_steps, "trial": bench_trial, "memory": bench_memory}
+
+
+def _machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
+
+
+def _render(comp: Comparison) -> tuple[Table, str]:
+    table = Table(title=comp.title)
+    table.add_column("case")
+    table.add_column("time per call: median (min-max)", justify="right")
+    md = [f"### {comp.title}", ""]
+    if comp.rows:
+        md += ["| case | median (min-max) |", "|---|---|"]
+    for row in comp.rows:
+        table.add_row(row.name, row.cell())
+        md.append(f"| {row.name} | {row.cell()} |")
+    if comp.ratios:
+        md += ["", "| ratio | value | target |", "|---|---|---|"]
+    for label, value, target in comp.ratios:
+        table.add_row(f"[bold]{label}[/bold]", f"[bold]{value:.2f}x[/bold] (target {target})")
+        md.append(f"| {label} | {value:.2f}x | {target} |")
+    for note in comp.notes:
+        table.add_row(note, "")
+    md += [""] + [f"- {n}" for n in comp.notes] + [""]
+    return table, "\n".join(md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks that it runs, not speed"
+    )
+    p.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run only these comparisons")
+    p.add_argument("--out", default="BENCHMARKS.md", help="markdown report (default BENCHMARKS.md)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    sections = [
+        "# Benchmarks",
+        "",
+        f"Machine: {_machine()}.",
+        f"Command: `{command.strip()}`"
+        + (" (quick mode: sizes too small for speed claims)" if args.quick else ""),
+        "",
+    ]
+    for name in args.only or list(BENCHES):
+        comp = BENCHES[name](args.quick)
+        table, md = _render(comp)
+        console.print(table)
+        sections.append(md)
+    atomic_write_text(args.out, "\n".join(sections))
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Tests for dgkd.train: config validation, overrides, the training loop and its guarantees."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgkd.losses import dgkd_loss, kd_loss
+from dgkd.teacher import teacher_config
+from dgkd.train import (
+    METHODS,
+    ConfigError,
+    DivergedError,
+    TrainConfig,
+    coerce,
+    distill_loss,
+    parse_overrides,
+    train,
+)
+
+FINAL_METRICS = (
+    "val_acc",
+    "test_acc",
+    "test_agreement",
+    "test_kl_to_teacher",
+    "test_ece",
+    "train_acc",
+    "train_nc1",
+    "teacher_test_acc",
+    "grad_cos",
+    "grad_norm_tckd",
+    "grad_norm_nckd",
+    "epochs",
+    "train_loss",
+    "duration_s",
+)
+SHARES = ("val_acc", "test_acc", "test_agreement", "test_ece", "train_acc", "teacher_test_acc")
+
+
+def _same_run(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal metrics, bit for bit, except the wall-clock duration."""
+    return {k: v for k, v in a.items() if k != "duration_s"} == {
+        k: v for k, v in b.items() if k != "duration_s"
+    }
+
+
+# --- TrainConfig -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"method": "foo"}, "method"),
+        ({"epochs": 0}, "epochs"),
+        ({"teacher_epochs": 0}, "teacher_epochs"),
+        ({"milestones": (180, 150)}, "milestones"),
+        ({"milestones": (150, 150)}, "milestones"),
+        ({"schedule": "multistep"}, "milestones"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"epsilon": float("inf")}, "epsilon"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"grad_term": "log"}, "grad_term"),
+        ({"grad_sign": 0.5}, "grad_sign"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"student": "resnet9"}, "student"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"gamma": 0.0}, "gamma"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": "3"}, "epochs"),
+        ({"amp": 1}, "amp"),
+    ],
+)
+def test_config_errors_name_the_field(changes, field) -> None:
+    with pytest.raises(ConfigError, match=rf"^{field} must be") as info:
+        TrainConfig().replace(**changes)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=rf"^{field} must be"):
+        TrainConfig(**changes)
+
+
+def test_unknown_field_in_replace() -> None:
+    with pytest.raises(ConfigError, match="unknown config field 'epsilonn'"):
+        TrainConfig().replace(epsilonn=1.0)
+
+
+def test_config_round_trips_through_dict_and_json() -> None:
+    cfg = TrainConfig(schedule="multistep", milestones=(3, 7), epochs=9, alpha=0.5)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["milestones"] == [3, 7]
+    assert TrainConfig(**data) == cfg
+
+
+def test_parse_overrides_types() -> None:
+    got = parse_overrides(
+        [
+            "epochs=3",
+            "lr=1e-3",
+            "alpha= 0.5",
+            "amp=true",
+            "download=no",
+            "milestones=150,180,210",
+            "grad_sign=1",
+            "student-width=4",
+            "dataset=cifar100",
+        ]
+    )
+    assert got == {
+        "epochs": 3,
+        "lr": 0.001,
+        "alpha": 0.5,
+        "amp": True,
+        "download": False,
+        "milestones": (150, 180, 210),
+        "grad_sign": 1.0,
+        "student_width": 4,
+        "dataset": "cifar100",
+    }
+    assert type(got["epochs"]) is int and type(got["grad_sign"]) is float
+    assert parse_overrides([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("bogus=1", "unknown config field 'bogus'; valid fields: dataset, "),
+        ("epochs", "--set expects key=value"),
+        ("=3", "--set expects key=value"),
+        ("epochs=abc", "epochs must be of type int, got 'abc'"),
+        ("epochs=2.5", "epochs must be of type int"),
+        ("amp=maybe", "amp must be of type bool"),
+        ("lr=fast", "lr must be of type float"),
+        ("milestones=150,x", "milestones must be of type list of ints"),
+    ],
+)
+def test_parse_overrides_errors(item, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_overrides([item])
+    assert message in str(info.value)
+
+
+def test_coerce_toml_values() -> None:
+    assert coerce("epochs", 3.0) == 3 and coerce("lr", 1) == 1.0
+    assert coerce("milestones", [150, 180]) == (150, 180)
+    assert coerce("amp", True) is True
+    with pytest.raises(ConfigError, match="epochs"):
+        coerce("epochs", 2.5)
+
+
+def test_dkd_cifar100_recipe_is_expressible() -> None:
+    # DKD's CIFAR-100 setup (resnet32x4 -> resnet8x4); constructed, not trained.
+    recipe = {
+        "dataset": "cifar100",
+        "teacher": "resnet32x4",
+        "student": "resnet8x4",
+        "teacher_width": 0,
+        "student_width": 0,
+        "method": "dkd",
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "multistep",
+        "milestones": (150, 180, 210),
+        "gamma": 0.1,
+        "epochs": 240,
+        "teacher_epochs": 240,
+        "batch_size": 64,
+        "warmup": 20,
+    }
+    cfg = TrainConfig().replace(**recipe)
+    for key, value in recipe.items():
+        assert getattr(cfg, key) == value
+    # The same recipe as command-line overrides.
+    items = [
+        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in recipe.items()
+    ]
+    assert TrainConfig().replace(**parse_overrides(items)) == cfg
+    # The teacher is trained with the same recipe (CE), keeping the milestones it reaches.
+    tcfg = teacher_config(cfg)
+    assert (tcfg.method, tcfg.student, tcfg.epochs) == ("ce", "resnet32x4", 240)
+    assert tcfg.milestones == (150, 180, 210) and tcfg.schedule == "multistep"
+    short = teacher_config(cfg.replace(teacher_epochs=160))
+    assert short.milestones == (150,)
+    assert teacher_config(cfg.replace(teacher_epochs=100)).schedule == "constant"
+
+
+# --- distill_loss ------------------------------------------------------------------------------
+
+
+def test_distill_loss_is_ce_plus_weighted_distillation() -> None:
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    ce = torch.nn.functional.cross_entropy(zs, y)
+    cfg = TrainConfig(method="dgkd", ce_weight=0.5)
+    loss, terms = distill_loss(cfg, zs, zt, y, 0.25)
+    dg = dgkd_loss(zs, zt, y, alpha=1.0, beta=8.0, epsilon=6.0, temperature=4.0)
+    torch.testing.assert_close(loss, 0.5 * ce + 0.25 * dg["loss"])
+    assert {"ce", "tckd", "nckd", "grad_mse", "grad_cos"} <= terms.keys()
+    loss, terms = distill_loss(cfg.replace(method="kd", kd_weight=2.0), zs, zt, y, 0.25)
+    torch.testing.assert_close(loss, 0.5 * ce + 0.25 * 2.0 * kd_loss(zs, zt, temperature=4.0))
+    loss, terms = distill_loss(cfg.replace(method="ce"), zs, None, y, 0.25)
+    torch.testing.assert_close(loss, 0.5 * ce)
+    assert set(terms) == {"ce"}
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def test_every_method_runs_with_finite_final_metrics(tiny: TrainConfig) -> None:
+    teacher_acc = set()
+    for method in METHODS:
+        result = train(tiny.replace(method=method))
+        m = result.metrics
+        assert set(FINAL_METRICS) <= m.keys(), method
+        assert all(isinstance(v, float) and math.isfinite(v) for v in m.values()), (method, m)
+        assert all(0.0 <= m[k] <= 1.0 for k in SHARES), method
+        assert m["epochs"] == 2.0 and len(result.history) == 2
+        assert m["train_loss"] == result.history[-1]["train_loss"]
+        assert m["test_acc"] > 0.15, method  # 10 classes: two epochs beat chance
+        assert m["train_nc1"] > 0 and m["test_kl_to_teacher"] > 0
+        teacher_acc.add(m["teacher_test_acc"])
+        terms = {"ce": {"ce"}, "kd": {"ce", "kd"}}.get(method, {"ce", "tckd", "nckd", "grad_mse"})
+        assert terms <= result.history[0].keys(), method
+    assert len(teacher_acc) == 1  # one shared teacher
+
+
+def test_report_called_once_per_epoch(tiny: TrainConfig) -> None:
+    calls: list[tuple[int, dict[str, float]]] = []
+    result = train(tiny.replace(epochs=3), report=lambda epoch, row: calls.append((epoch, row)))
+    assert [epoch for epoch, _ in calls] == [1, 2, 3]
+    assert all(0.0 <= row["val_acc"] <= 1.0 and "train_loss" in row for _, row in calls)
+    assert calls[-1][1]["val_acc"] == result.metrics["val_acc"]  # last epoch, not best
+
+
+def test_exception_in_report_stops_training(tiny: TrainConfig) -> None:
+    class Prune(Exception):
+        pass
+
+    epochs: list[int] = []
+
+    def report(epoch: int, row: dict[str, float]) -> None:
+        epochs.append(epoch)
+        if epoch == 2:
+            raise Prune
+
+    with pytest.raises(Prune):
+        train(tiny.replace(epochs=5), report=report)
+    assert epochs == [1, 2]
+
+
+def test_same_seed_same_metrics_in_process(tiny: TrainConfig) -> None:
+    a, b = train(tiny), train(tiny)
+    assert _same_run(a.metrics, b.metrics)
+    assert a.history == b.history
+    other = train(tiny.replace(seed=1))
+    assert other.metrics["train_loss"] != a.metrics["train_loss"]
+    assert not _same_run(other.metrics, a.metrics)
+
+
+def test_same_seed_same_metrics_in_fresh_process(tiny: TrainConfig) -> None:
+    want = train(tiny).metrics
+    exe = shutil.which("dgkd-train", path=str(Path(sys.executable).parent))
+    assert exe, "the dgkd-train console script is not installed next to this Python"
+    proc = subprocess.run(
+        [exe, "--json", "--set", "epochs=2", "--set", "teacher_epochs=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)["metrics"]
+    assert set(got) == set(want)
+    assert _same_run(got, want)
+
+
+def test_dgkd_with_epsilon_zero_is_dkd(tiny: TrainConfig) -> None:
+    dkd = train(tiny.replace(method="dkd"))
+    dgkd = train(tiny.replace(method="dgkd", epsilon=0.0))
+    assert _same_run(dkd.metrics, dgkd.metrics)
+    assert not _same_run(dkd.metrics, train(tiny.replace(method="dgkd")).metrics)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lr": 1e30, "teacher_lr": 0.01},  # the teacher trains normally; the student blows up
+        {"optimizer": "sgd", "grad_term": "raw", "epsilon": 1e30, "teacher_width": 16},
+    ],
+    ids=["huge_lr", "raw_huge_epsilon"],
+)
+def test_non_finite_loss_raises_diverged(tiny: TrainConfig, changes) -> None:
+    cfg = tiny.replace(**changes)
+    teacher_cfg = teacher_config(cfg)
+    assert teacher_cfg.lr == 0.01 and teacher_cfg.epsilon == cfg.epsilon
+    with pytest.raises(DivergedError) as info:
+        train(cfg)
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    assert err.epoch == 1 and err.step >= 1 and not math.isfinite(err.value)
+    assert f"epoch {err.epoch}, step {err.step}" in str(err)
+
+
+def test_warmup_scales_distillation_weight(tiny: TrainConfig) -> None:
+    # With warmup=4 the distillation weight is 1/4 in epoch 1 and 2/4 in epoch 2, so each
+    # epoch's mean loss is mean CE + w * (alpha mean TCKD + beta mean NCKD).
+    cfg = tiny.replace(method="dkd", warmup=4, alpha=1.0, beta=8.0)
+    history = train(cfg).history
+    for row, weight in zip(history, (0.25, 0.5), strict=True):
+        rebuilt = row["ce"] + weight * (row["tckd"] + 8.0 * row["nckd"])
+        assert row["train_loss"] == pytest.approx(rebuilt, rel=1e-5)
+        full = row["ce"] + (row["tckd"] + 8.0 * row["nckd"])
+        assert row["train_loss"] != pytest.approx(full, rel=1e-3)
+    # warmup=0: full weight from the first epoch.
+    row = train(cfg.replace(warmup=0)).history[0]
+    assert row["train_loss"] == pytest.approx(row["ce"] + row["tckd"] + 8 * row["nckd"], rel=1e-5)
+
+
+def test_no_validation_split(tiny: TrainConfig) -> None:
+    rows: list[dict[str, float]] = []
+    cfg = tiny.replace(val_fraction=0.0, teacher_width=16)
+    result = train(cfg, report=lambda epoch, row: rows.append(row))
+    assert math.isnan(result.metrics["val_acc"])
+    assert math.isfinite(result.metrics["test_acc"])
+    assert len(rows) == 2 and all(math.isnan(row["val_acc"]) for row in rows)
