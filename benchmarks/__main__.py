@@ -24,7 +24,7 @@ from rich.table import Table
 
 from benchmarks.naive import autograd_dgkd_loss, naive_trial
 from dgkd.io import atomic_write_text
-from dgkd.losses import dgkd_loss
+from dgkd.losses import dgkd_loss, teacher_stats
 from dgkd.models import build_model
 from dgkd.train import TrainConfig, distill_loss, train
 
@@ -72,6 +72,18 @@ def timeit(fn: Callable[[], object], *, repeats: int, inner: int, warmup: int = 
     return out
 
 
+def interleaved(
+    fns: dict[str, Callable[[], object]], *, repeats: int, inner: int
+) -> dict[str, list[float]]:
+    """Time several functions repeat by repeat, alternating, so that drifting load on a shared
+    machine hits them alike (their ratio is what is reported)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name] += timeit(fn, repeats=1, inner=inner, warmup=1)
+    return times
+
+
 def bench_loss(quick: bool) -> Comparison:
     """Closed-form dgkd_loss against the double-backward formulation, forward + backward."""
     comp = Comparison("Gradient term: dgkd_loss (closed form) vs autograd.grad(create_graph=True)")
@@ -89,19 +101,28 @@ def bench_loss(quick: bool) -> Comparison:
         def autograd(zs=zs, zt=zt, y=y, kw=kw) -> None:
             autograd_dgkd_loss(zs, zt, y, **kw).backward()
 
-        a = Row(f"autograd ({batch}, {classes})", timeit(autograd, repeats=repeats, inner=inner))
-        b = Row(f"dgkd_loss ({batch}, {classes})", timeit(fused, repeats=repeats, inner=inner))
+        times = interleaved({"a": autograd, "b": fused}, repeats=repeats, inner=inner)
+        a = Row(f"autograd ({batch}, {classes})", times["a"])
+        b = Row(f"dgkd_loss ({batch}, {classes})", times["b"])
         comp.rows += [a, b]
         comp.ratios.append((f"speed-up at ({batch}, {classes})", a.median / b.median, ">= 2x"))
     return comp
 
 
-def _step_fn(model, x, logits_t, y, cfg: TrainConfig) -> Callable[[], None]:
+def _step_fn(model, x, logits_t, y, cfg: TrainConfig, cached: bool) -> Callable[[], None]:
+    """One training step as ``dgkd.train.fit`` runs it.
+
+    ``cached``: the teacher's logits are cached (no augmentation), so dkd/dgkd use the
+    precomputed teacher side of the loss, as the trainer does on MNIST-1D.
+    """
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    stats = teacher_stats(logits_t, y, temperature=cfg.temperature) if cached else None
+    index = torch.arange(len(y))
 
     def step() -> None:
         logits, _ = model(x)
-        loss, _ = distill_loss(cfg, logits, logits_t, y, 1.0)
+        batch = None if stats is None or cfg.method not in ("dkd", "dgkd") else stats.select(index)
+        loss, _ = distill_loss(cfg, logits, logits_t, y, 1.0, stats=batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,23 +133,26 @@ def _step_fn(model, x, logits_t, y, cfg: TrainConfig) -> Callable[[], None]:
 def bench_steps(quick: bool) -> Comparison:
     """Per-step cost (forward, loss, backward, optimizer step) of DGKD against CE and DKD."""
     comp = Comparison("Distillation overhead per training step")
-    small, large = ((2, 10), (1, 2)) if quick else ((5, 100), (5, 10))  # (repeats, inner)
+    small, large = ((2, 10), (1, 2)) if quick else ((7, 100), (5, 10))  # (repeats, inner)
     cases = [
-        ("default student (cnn1d w8, batch 128)", "cnn1d", 8, (40,), 10, 128, small),
-        ("resnet8x4, CIFAR-100 shape (batch 64)", "resnet8x4", None, (3, 32, 32), 100, 64, large),
-    ]
-    for label, arch, width, shape, classes, batch, (repeats, inner) in cases:
+        ("default student (cnn1d w8, batch 128)", "cnn1d", 8, (40,), 10, 128, small, True),
+        ("resnet8x4, CIFAR-100 shape (batch 64)", "resnet8x4", None, (3, 32, 32), 100, 64, large,
+         False),
+    ]  # fmt: skip
+    for label, arch, width, shape, classes, batch, (repeats, inner), cached in cases:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, *shape, generator=gen)
         y = torch.randint(0, classes, (batch,), generator=gen)
         logits_t = torch.randn(batch, classes, generator=gen) * 3
-        medians = {}
+        steps = {}
         for method in ("ce", "dkd", "dgkd"):
             torch.manual_seed(0)
             model = build_model(arch, num_classes=classes, input_shape=shape, width=width)
-            cfg = TrainConfig(method=method)
-            row = Row(f"{method}: {label}", timeit(_step_fn(model, x, logits_t, y, cfg),
-                                                   repeats=repeats, inner=inner))  # fmt: skip
+            steps[method] = _step_fn(model, x, logits_t, y, TrainConfig(method=method), cached)
+        times = interleaved(steps, repeats=repeats, inner=inner)
+        medians = {}
+        for method, values in times.items():
+            row = Row(f"{method}: {label}", values)
             comp.rows.append(row)
             medians[method] = row.median
         target_ce = "<= 1.15" if arch == "resnet8x4" else "<= 1.3"
@@ -141,7 +165,9 @@ def bench_steps(quick: bool) -> Comparison:
 def bench_trial(quick: bool) -> Comparison:
     """One default eps_sweep-style trial through the harness against the straightforward loop."""
     comp = Comparison("One trial: dgkd.train.train vs a straightforward loop")
-    cfg = TrainConfig(method="dgkd", epochs=3 if quick else 40)
+    cfg = TrainConfig(method="dgkd")
+    if quick:
+        cfg = cfg.replace(epochs=3, teacher_epochs=2)
     train(cfg)  # warm the data and teacher caches, as a search process is after its first trial
     repeats = 1 if quick else 3
     harness, naive, accs = [], [], {"harness": [], "naive": []}
@@ -172,7 +198,7 @@ torch.set_num_threads(1)
 kind = sys.argv[1]
 if kind == "default":
     from dgkd.train import TrainConfig, train
-    train(TrainConfig(epochs=int(sys.argv[2])))
+    train(TrainConfig(epochs=int(sys.argv[2]), teacher_epochs=int(sys.argv[3])))
 else:
     from dgkd.models import build_model
     from dgkd.train import TrainConfig, distill_loss
@@ -196,8 +222,9 @@ def bench_memory(quick: bool) -> Comparison:
         ("default trial", "default", 3 if quick else 40),
         ("resnet8x4 training steps (batch 64)", "resnet", 2 if quick else 20),
     )
+    teacher_epochs = 2 if quick else TrainConfig().teacher_epochs
     for label, kind, n in cases:
-        cmd = [sys.executable, "-c", _MEMORY_SCRIPT, kind, str(n)]
+        cmd = [sys.executable, "-c", _MEMORY_SCRIPT, kind, str(n), str(teacher_epochs)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         mib = int(out.stdout.strip().splitlines()[-1]) / 1024
         comp.notes.append(f"{label}: {mib:.0f} MiB peak RSS")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from dgkd import metrics
 from dgkd.data import DATASETS, Splits, load_splits
-from dgkd.losses import dgkd_loss, grad_terms, kd_loss
+from dgkd.losses import TeacherStats, dgkd_loss, grad_terms, kd_loss, teacher_stats
 from dgkd.models import MODEL_NAMES, SEQUENCE_MODELS, build_model, has_width
 
 __all__ = [
@@ -261,11 +261,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def distill_loss(
-    cfg: TrainConfig, logits_s: Tensor, logits_t: Tensor | None, target: Tensor, weight: float
+    cfg: TrainConfig,
+    logits_s: Tensor,
+    logits_t: Tensor | None,
+    target: Tensor,
+    weight: float,
+    *,
+    stats: TeacherStats | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One step's training loss: ``ce_weight * CE + weight * distillation`` and its terms.
 
-    ``weight`` is the warmup factor ``min(epoch / warmup, 1)``. Pure: no state, no side effects.
+    ``weight`` is the warmup factor ``min(epoch / warmup, 1)``; ``stats`` optionally carries the
+    batch's precomputed teacher side for dkd/dgkd. Pure: no state, no side effects.
     """
     ce = F.cross_entropy(logits_s.float(), target)
     loss = cfg.ce_weight * ce
@@ -285,6 +292,7 @@ def distill_loss(
             temperature=cfg.temperature,
             grad_term=cfg.grad_term,
             grad_sign=cfg.grad_sign,
+            stats=stats,
         )
         loss = loss + weight * out["loss"]
         terms.update({k: v for k, v in out.items() if k != "loss"})
@@ -364,6 +372,9 @@ def fit(
     val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
     n, bs = len(train_y), cfg.batch_size
     needs_teacher = cfg.method != "ce"
+    stats = None  # the teacher's side of dkd/dgkd, once per run when its logits are cached
+    if cfg.method in ("dkd", "dgkd") and teacher_train_logits is not None:
+        stats = teacher_stats(teacher_train_logits, train_y, temperature=cfg.temperature)
     history: list[dict[str, float]] = []
     bar = _Progress(progress, f"training {name}", epochs)
     with bar:
@@ -379,13 +390,16 @@ def fit(
                 with _autocast(device, cfg.amp):
                     logits, _ = model(x)
                     logits_t = None
-                    if needs_teacher:
+                    if needs_teacher and stats is None:
                         if teacher_train_logits is not None:
                             logits_t = teacher_train_logits[idx]
                         else:
                             with torch.no_grad():
                                 logits_t = teacher(x)[0].float()
-                loss, terms = distill_loss(cfg, logits, logits_t, train_y[idx], weight)
+                batch_stats = None if stats is None else stats.select(idx)
+                loss, terms = distill_loss(
+                    cfg, logits, logits_t, train_y[idx], weight, stats=batch_stats
+                )
                 if not torch.isfinite(loss):
                     raise DivergedError(epoch, steps + 1, loss.item())
                 opt.zero_grad(set_to_none=True)

@@ -276,3 +276,28 @@ def test_kd_loss_is_t2_kl_teacher_to_student(temperature) -> None:
     got = kd_loss(zs, zt, temperature=temperature)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
     assert kd_loss(zt, zt, temperature=temperature).abs() < 1e-6
+
+
+def test_precomputed_teacher_stats_give_the_same_loss_and_gradient() -> None:
+    from dgkd.losses import teacher_stats
+
+    gen = torch.Generator().manual_seed(3)
+    zs = torch.randn(32, 10, generator=gen, dtype=torch.float64)
+    zt = torch.randn(32, 10, generator=gen, dtype=torch.float64) * 3
+    y = torch.randint(0, 10, (32,), generator=gen)
+    kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 6.0, "temperature": 2.0}
+    a = zs.clone().requires_grad_(True)
+    ref = dgkd_loss(a, zt, y, **kw)
+    ref["loss"].backward()
+    # Stats over a larger "training set", then the batch's rows selected by index.
+    full_t = torch.cat([torch.randn(5, 10, dtype=torch.float64), zt])
+    full_y = torch.cat([torch.zeros(5, dtype=torch.long), y])
+    stats = teacher_stats(full_t, full_y, temperature=2.0).select(torch.arange(5, 37))
+    b = zs.clone().requires_grad_(True)
+    out = dgkd_loss(b, None, y, stats=stats, **kw)
+    out["loss"].backward()
+    for key in ("loss", "tckd", "nckd", "grad_mse", "grad_cos"):
+        torch.testing.assert_close(out[key], ref[key])
+    torch.testing.assert_close(b.grad, a.grad)
+    with pytest.raises(ValueError, match="stats are for"):
+        dgkd_loss(zs[:4], None, y[:4], stats=stats, **kw)
