@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -231,7 +232,81 @@ def bench_memory(quick: bool) -> Comparison:
     return comp
 
 
-BENCHES = {"loss": bench_loss, "steps": bench_steps, "trial": bench_trial, "memory": bench_memory}
+_STUDY = """\
+description = "eps_sweep with pruner {pruner}, for the benchmark"
+space = "eps"
+sampler = "tpe"
+pruner = "{pruner}"
+trials = {trials}
+seed = 0
+enqueue = [{{ epsilon = 0.0 }}]
+
+[base]
+method = "dgkd"
+{extra}
+"""
+
+
+def _search(tmp: Path, name: str, *, pruner: str, trials: int, args: list[str], extra: str = ""):
+    """Run ``dgkd-search`` in a fresh process; return (wall seconds, trials.csv as a frame)."""
+    import pandas as pd
+
+    study = tmp / f"{name}.toml"
+    study.write_text(_STUDY.format(pruner=pruner, trials=trials, extra=extra))
+    entry = "import sys; from dgkd.cli import search_main; sys.exit(search_main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", entry, "--study", str(study), "--out", str(tmp)]
+    start = time.perf_counter()
+    subprocess.run([*cmd, "--quiet", *args], check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    return wall, pd.read_csv(tmp / name / "trials.csv")
+
+
+def bench_search(quick: bool, trials: int) -> Comparison:
+    """Whole searches: workers 2 vs 1, pruning vs none, and the harness's share of wall time."""
+    import tempfile
+
+    comp = Comparison(f"Search: eps_sweep, {trials} trials, dgkd-search in a fresh process")
+    extra = "epochs = 2\nteacher_epochs = 2" if quick else ""
+    train(TrainConfig(**({"epochs": 2, "teacher_epochs": 2} if quick else {})))  # teacher cached
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        runs = {
+            "1 worker, no pruning": ("none", ["--workers", "1"]),
+            "2 workers, no pruning": ("none", ["--workers", "2"]),
+            "1 worker, median pruner": ("median", ["--workers", "1"]),
+            "ray backend, 2 trials at a time, no pruning": ("none", ["--backend", "ray"]),
+        }
+        walls, frames = {}, {}
+        for i, (label, (pruner, args)) in enumerate(runs.items()):
+            walls[label], frames[label] = _search(
+                tmp, f"run{i}", pruner=pruner, trials=trials, args=args, extra=extra
+            )
+            comp.rows.append(Row(label, [walls[label]]))
+    one, two = walls["1 worker, no pruning"], walls["2 workers, no pruning"]
+    comp.ratios.append(("trials per minute, 2 workers / 1 worker", one / two, ">= 1.7x"))
+    pruned = walls["1 worker, median pruner"]
+    comp.ratios.append(("wall time, no pruning / median pruner", one / pruned, "report"))
+    for label, frame in frames.items():
+        states = frame["state"].value_counts().to_dict()
+        best = frame.loc[frame["state"] == "COMPLETE", "value"].max()
+        in_trials = frame["duration_s"].fillna(0).sum()
+        slots = 2 if ("2 workers" in label or "ray" in label) else 1
+        outside = 1 - in_trials / (walls[label] * slots)
+        comp.notes.append(
+            f"{label}: best val_acc {best:.4f}; states {states}; "
+            f"{100 * outside:.1f}% of worker time outside trials (start-up, storage, sampling, "
+            "exports)"
+        )
+    return comp
+
+
+BENCHES = {
+    "loss": bench_loss,
+    "steps": bench_steps,
+    "trial": bench_trial,
+    "memory": bench_memory,
+    "search": bench_search,
+}
 
 
 def _machine() -> str:
@@ -271,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run only these comparisons")
     p.add_argument("--out", default="BENCHMARKS.md", help="markdown report (default BENCHMARKS.md)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
+    p.add_argument(
+        "--search-trials", type=int, default=60, help="trials per search in 'search' (default 60)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -283,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for name in args.only or list(BENCHES):
-        comp = BENCHES[name](args.quick)
+        if name == "search":
+            comp = bench_search(args.quick, 4 if args.quick else args.search_trials)
+        else:
+            comp = BENCHES[name](args.quick)
         table, md = _render(comp)
         console.print(table)
         sections.append(md)

@@ -155,14 +155,21 @@ def _ablate_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Optuna storage of --from-study (default: the journal <out>/<study>/journal.log)",
     )
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default 5)")
+    p.add_argument(
+        "--seeds", type=int, default=5, metavar="N", help="seeds 0..N-1 per variant (default 5)"
+    )
     p.add_argument(
         "--workers",
         type=int,
+        metavar="N",
         help="parallel processes (local, default 1) or cells in flight (ray, default: all)",
     )
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="default: local")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a new one)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS, else a cluster started here with "
+        "'ray start', else a new local one; 'local' always starts a new one)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -267,21 +274,45 @@ def _search_parser() -> argparse.ArgumentParser:
         "Example: dgkd-search --study eps_sweep --trials 200 --workers 2",
     )
     p.add_argument("--study", metavar="NAME|FILE", help="a packaged study name or a .toml file")
-    p.add_argument("--trials", type=int, help="total trials across workers and restarts "
-                   "(default: the study's)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the storage "
-                   "(optuna backend; default 1)")  # fmt: skip
-    p.add_argument("--backend", default="optuna", help="optuna (default) or ray")
-    p.add_argument("--storage", metavar="URL", help="Optuna RDB URL (e.g. postgresql://...) or "
-                   "journal file path (default: <out>/<study>/journal.log)")  # fmt: skip
-    p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (ray backend; "
-                   "default: RAY_ADDRESS or a new local cluster)")  # fmt: skip
-    p.add_argument("--cpus-per-trial", type=float, help="ray backend (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, help="ray backend, fractions allowed "
-                   "(default 0)")  # fmt: skip
+    p.add_argument(
+        "--trials",
+        type=int,
+        metavar="N",
+        help="total trials across workers and restarts (default: the study's)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the storage (optuna backend; default 1)",
+    )
+    p.add_argument("--backend", default="optuna", metavar="NAME", help="optuna (default) or ray")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna RDB URL (e.g. postgresql://...) or journal file path "
+        "(default: <out>/<study>/journal.log)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="RAY_ADDRESS",
+        help="Ray cluster to join (ray backend; default: RAY_ADDRESS or a new local cluster)",
+    )
+    p.add_argument("--cpus-per-trial", type=float, metavar="N", help="ray backend (default 1)")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        metavar="F",
+        help="ray backend, fractions allowed (default 0)",
+    )
     p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
-    p.add_argument("--fresh", action="store_true", help="start over: move <out>/<study> (and "
-                   "the study in --storage) aside as <name>.old-<timestamp>")  # fmt: skip
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: move <out>/<study> (and the study in --storage) aside as "
+        "<name>.old-<timestamp>",
+    )
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     p.add_argument(
         "--set",
@@ -298,7 +329,10 @@ def _search_parser() -> argparse.ArgumentParser:
 
 def search_main(argv: Sequence[str] | None = None) -> int:
     """``dgkd-search``: run or continue a study's search and summarize the best trials."""
-    args = _search_parser().parse_args(argv)
+    try:
+        args = _search_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return int(exc.code or 0)
 
     def body() -> int:
         from dgkd.study import available_studies, load_study

@@ -11,7 +11,7 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     assert main(["--quick", "--out", str(out)]) == 0
     text = out.read_text()
-    for heading in ("Gradient term", "overhead per training step", "One trial", "Memory"):
+    for heading in ("Gradient term", "overhead per training step", "One trial", "Memory", "Search"):
         assert heading in text
     assert "speed-up at (64, 100)" in text and "DGKD/CE" in text
     assert "MiB peak RSS" in text

@@ -1,0 +1,281 @@
+"""Named studies: a base ``TrainConfig``, a search space, an objective and a budget.
+
+A study is a TOML file, e.g. ``studies/eps_sweep.toml``::
+
+    description = "epsilon from 0 (DKD) to 10 with DKD's alpha, beta and T"
+    space = "eps"              # packaged name, a path, or an inline [space.<param>] table
+    metric = "val_acc"         # a final metric of train(); never a test_* one
+    direction = "maximize"
+    sampler = "tpe"            # tpe | random | grid | cmaes | gp
+    pruner = "median"          # median | hyperband | none
+    trials = 200
+    seed = 0
+    enqueue = [{ epsilon = 0.0 }]   # run first (here: the DKD baseline)
+
+    [base]                     # TrainConfig overrides shared by every trial
+    epochs = 40
+
+Everything is validated when the file is loaded, so a search never starts on a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dgkd.space import (
+    Space,
+    SpecError,
+    available,
+    load_space,
+    read_toml,
+    resolve_file,
+    space_from_table,
+)
+from dgkd.train import ConfigError, TrainConfig, coerce
+
+__all__ = [
+    "DIRECTIONS",
+    "METRICS",
+    "PRUNERS",
+    "SAMPLERS",
+    "Study",
+    "SpecError",
+    "available_studies",
+    "load_study",
+]
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+# Final metrics of train() a study may optimize. Test-split metrics are reported, never optimized.
+METRICS = (
+    "val_acc",
+    "train_acc",
+    "train_loss",
+    "train_nc1",
+    "grad_cos",
+    "grad_norm_tckd",
+    "grad_norm_nckd",
+    "duration_s",
+)
+# Metrics train() reports after every epoch, which a pruner can compare between trials.
+EPOCH_METRICS = ("val_acc", "train_loss")
+_KEYS = (
+    "description",
+    "space",
+    "metric",
+    "direction",
+    "sampler",
+    "pruner",
+    "trials",
+    "seed",
+    "enqueue",
+    "base",
+)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: what to train, what to vary, what to optimize, how long."""
+
+    name: str
+    source: str
+    description: str
+    space: Space
+    base: dict[str, Any]  # TrainConfig overrides, validated
+    metric: str = "val_acc"
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    pruner: str = "median"
+    trials: int = 100
+    seed: int = 0
+    enqueue: tuple[dict[str, Any], ...] = ()  # params enqueued first (eps_sweep: {epsilon = 0})
+
+    def config(
+        self, params: dict[str, Any], overrides: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """``TrainConfig()`` + base + overrides + the space's fixed values + ``params``.
+
+        Raises:
+            ConfigError: a value is invalid for its field.
+        """
+        changes = {**self.base, **(overrides or {}), **self.space.fixed_values(), **params}
+        return TrainConfig().replace(**{k: coerce(k, v) for k, v in changes.items()})
+
+    def check_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """Validate ``--set`` changes against this study; returns a representative config.
+
+        Raises:
+            ConfigError: an override names a space parameter (it would be silently replaced)
+                or makes the configuration invalid.
+        """
+        taken = sorted(set(overrides) & {p.name for p in self.space.params})
+        if taken:
+            raise ConfigError(
+                f"{taken[0]} is set by the study's search space ({self.space.source}); "
+                "use another study or edit its space instead of --set"
+            )
+        return self.config(_representative(self.space), overrides)
+
+    def replace(self, **changes: Any) -> Study:
+        """A copy with ``changes`` applied (not re-validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def available_studies() -> list[str]:
+    """Names of the packaged studies."""
+    return available("studies")
+
+
+def load_study(name_or_path: str | Path) -> Study:
+    """Read and validate a study by packaged name or ``.toml`` path.
+
+    Raises:
+        SpecError: unknown name, malformed TOML, unknown key, wrong type or value, or a space
+            whose bounds make an invalid configuration.
+    """
+    path = resolve_file(name_or_path, "studies")
+    data = read_toml(path)
+    src = str(path)
+
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise SpecError(f"{src}: {unknown[0]}: unknown key; allowed: {', '.join(_KEYS)}")
+
+    def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = data.get(key, default)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            name = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            raise SpecError(f"{src}: {key}: must be of type {name}, got {value!r}")
+        return value
+
+    def choose(key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = get(key, str, default)
+        if value not in allowed:
+            raise SpecError(f"{src}: {key}: must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    description = get("description", str, "")
+    if "test" in str(data.get("metric", "")):
+        raise SpecError(
+            f"{src}: metric: {data['metric']} is measured on the test split, which is reported "
+            "but never optimized; use val_acc"
+        )
+    metric = choose("metric", METRICS, "val_acc")
+    direction = choose("direction", DIRECTIONS, "maximize")
+    sampler = choose("sampler", SAMPLERS, "tpe")
+    pruner = choose("pruner", PRUNERS, "median")
+    trials = get("trials", int, 100)
+    if trials < 1:
+        raise SpecError(f"{src}: trials: must be >= 1, got {trials}")
+    seed = get("seed", int, 0)
+    if "space" not in data:
+        raise SpecError(f'{src}: space: missing; name a search space, e.g. space = "eps"')
+    raw_space = data["space"]
+    if isinstance(raw_space, str):
+        space = load_space(raw_space, relative_to=path.parent)
+    elif isinstance(raw_space, dict):
+        space = space_from_table(f"{path.stem}.space", raw_space, f"{src} [space]")
+    else:
+        raise SpecError(f"{src}: space: must be a space name, a path or a table")
+
+    base = _base(get("base", dict, {}), space, src)
+    if pruner != "none" and metric not in EPOCH_METRICS:
+        raise SpecError(
+            f"{src}: pruner: {metric} is measured only at the end of a trial, so it cannot "
+            f'prune; use metric val_acc or pruner = "none"'
+        )
+    if sampler == "grid" and space.grid() is None:
+        cont = next(p.name for p in space.searched() if p.grid() is None)
+        raise SpecError(f"{src}: sampler: grid needs a step for float parameter {cont}")
+    if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise SpecError(f"{src}: sampler: cmaes needs the cmaes package; pip install cmaes")
+    if not space.searched():
+        raise SpecError(f"{space.source}: every parameter is fixed; nothing to search")
+
+    enqueue = _enqueue(get("enqueue", list, []), space, src)
+    study = Study(
+        name=path.stem,
+        source=src,
+        description=description,
+        space=space,
+        base=base,
+        metric=metric,
+        direction=direction,
+        sampler=sampler,
+        pruner=pruner,
+        trials=trials,
+        seed=seed,
+        enqueue=enqueue,
+    )
+    _check_space_configs(study)
+    return study
+
+
+def _base(table: dict[str, Any], space: Space, src: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise SpecError(f"{src}: base.{key}: unknown config field; see dgkd-train --help")
+        if isinstance(value, dict):
+            raise SpecError(f"{src}: base.{key}: must be a value, not a table")
+        try:
+            out[key] = coerce(key, value)
+        except ConfigError as exc:
+            raise SpecError(f"{src}: base.{key}: {exc}") from None
+        if isinstance(value, bool) != (hints[key] is bool):
+            raise SpecError(f"{src}: base.{key}: {key} must be of type {hints[key].__name__}")
+        if hints[key] is int and isinstance(value, float):
+            raise SpecError(f"{src}: base.{key}: {key} must be an integer, got {value!r}")
+        if key in {p.name for p in space.params}:
+            raise SpecError(f"{src}: base.{key}: also set by space {space.source}; remove one")
+    try:
+        TrainConfig().replace(**out)
+    except ConfigError as exc:
+        raise SpecError(f"{src}: base: {exc}") from None
+    return out
+
+
+def _enqueue(items: list[Any], space: Space, src: str) -> tuple[dict[str, Any], ...]:
+    searched = {p.name: p for p in space.searched()}
+    out = []
+    for i, item in enumerate(items):
+        where = f"{src}: enqueue[{i}]"
+        if not isinstance(item, dict):
+            raise SpecError(f"{where}: must be a table of parameter values, e.g. {{ epsilon = 0 }}")
+        for key, value in item.items():
+            if key not in searched:
+                raise SpecError(f"{where}.{key}: not a searched parameter of {space.source}")
+            if not searched[key].contains(value):
+                raise SpecError(f"{where}.{key}: {value!r} is outside the parameter's range")
+        out.append(dict(item))
+    return tuple(out)
+
+
+def _representative(space: Space) -> dict[str, Any]:
+    """One valid point of the space (each parameter's low end or first choice)."""
+    return {p.name: p.choices[0] if p.type == "categorical" else p.low for p in space.searched()}
+
+
+def _check_space_configs(study: Study) -> None:
+    """Every bound and choice must make a valid config with the study's base (bad bounds)."""
+    for p in study.space.params:
+        values = [p.value] if p.fixed else list(p.choices) or [p.low, p.high]
+        point = _representative(study.space)
+        for value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            try:
+                study.config({**point, p.name: value})
+            except ConfigError as exc:
+                key = "value" if p.fixed else ("choices" if p.choices else "bounds")
+                raise SpecError(f"{study.space.source}: {p.name}.{key}: {exc}") from None

@@ -1,0 +1,133 @@
+"""``dgkd-ablate`` end to end, in process: outputs, resuming, the bad inputs, the study sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from dgkd.cli import ablate_main
+
+TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = ablate_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _bad(capsys, tmp_path: Path, *argv: str) -> str:
+    code, _, err = _run(capsys, *argv, "--out", str(tmp_path))
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dgkd-ablate: error: "), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ablate").exists()  # nothing half-written
+    return lines[0]
+
+
+def test_ablate_command_writes_tables_and_resumes(capsys, tmp_path):
+    argv = [
+        "--variants",
+        "no_grad_term,minimize_mse",
+        "--seeds",
+        "2",
+        *TINY,
+        "--out",
+        str(tmp_path),
+    ]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    d = tmp_path / "ablate" / "default"
+    files = ("runs.csv", "summary.csv", "summary.md", "config.json", "ablation.png")
+    assert all((d / f).exists() for f in files)
+    assert "base config [" in err and "epochs=2" in err  # the resolved base is printed
+    assert "6 runs trained, 0 reused" in err
+    # the terminal table carries the summary's numbers
+    with (d / "summary.csv").open() as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    mean = float(rows["minimize_mse"]["test_acc_mean"]) * 100
+    std = float(rows["minimize_mse"]["test_acc_std"]) * 100
+    assert f"{mean:.2f} ± {std:.2f}" in out
+    assert "The seed's claims" in out and "Calibration, test ECE" in out
+    md = (d / "summary.md").read_text()
+    assert f"| {mean:.2f} ± {std:.2f} |" in md
+    assert json.loads((d / "config.json").read_text())["command"][:3] == [
+        "dgkd-ablate",
+        "--variants",
+        "no_grad_term,minimize_mse",
+    ]
+
+    code, out, err = _run(capsys, *argv)  # the same command again: nothing to train
+    assert code == 0 and "0 runs trained, 6 reused" in err
+
+    line = _bad(capsys, tmp_path / "elsewhere", "--seeds", "0")
+    assert "--seeds must be >= 1" in line
+    code, _, err = _run(capsys, *argv, "--set", "lr=0.02")  # a changed base
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "different base config" in err and "--fresh" in err and "--name" in err
+
+
+def test_unknown_variant_lists_the_valid_ones(capsys, tmp_path):
+    line = _bad(capsys, tmp_path, "--variants", "no_grad_term,sign_flip")
+    assert "unknown variant 'sign_flip'" in line
+    assert "full, no_grad_term, minimize_mse, raw_mse, kd, ce, tckd_only, nckd_only" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--set", "epoch=3"], "unknown config field 'epoch'"),
+        (["--set", "epochs=two"], "epochs must be of type int"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--study", "no_such_study"], "unknown study 'no_such_study'"),
+        (["--from-study", "no_such_study"], "unknown study 'no_such_study'"),
+        (["--from-study", "smoke"], "no finished trials"),
+        (["--set", "method=kd"], "reference row of an ablation is dgkd"),
+        (["--set", "seed=3"], "use --seeds N instead"),
+        (["--address", "auto"], "--address is for --backend ray"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, argv, expected):
+    assert expected in _bad(capsys, tmp_path, "--variants", "kd", *argv)
+
+
+def test_study_base_is_used_without_search(capsys, tmp_path):
+    code, out, err = _run(
+        capsys, "--study", "smoke", "--variants", "kd", "--seeds", "1", "--out", str(tmp_path)
+    )
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "ablate" / "smoke" / "config.json").read_text())
+    assert cfg["base"]["source"] == "study" and cfg["base"]["study"] == "smoke"
+    assert cfg["base"]["config"]["epochs"] == 2 and cfg["base"]["config"]["teacher_epochs"] == 2
+    assert "not checked (add no_grad_term to --variants)" in out
+
+
+def test_from_study_takes_the_best_finished_trial(capsys, tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    (tmp_path / "smoke").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "smoke" / "journal.log")))
+    study = optuna.create_study(study_name="smoke", storage=storage, direction="maximize")
+    dist = {"epsilon": FloatDistribution(0.0, 10.0)}
+    for eps, value in ((1.0, 0.40), (2.5, 0.55), (7.0, 0.30)):
+        study.add_trial(optuna.trial.create_trial(params={"epsilon": eps}, distributions=dist,
+                                                  value=value))  # fmt: skip
+
+    argv = ["--from-study", "smoke", "--variants", "no_grad_term", "--seeds", "1"]
+    code, _, err = _run(capsys, *argv, "--set", "lr=0.02", "--out", str(tmp_path))
+    assert code == 0, err
+    d = tmp_path / "ablate" / "smoke-best"
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["base"]["source"] == "from-study" and cfg["base"]["params"] == {"epsilon": 2.5}
+    base = cfg["base"]["config"]
+    assert (base["epsilon"], base["lr"], base["epochs"]) == (2.5, 0.02, 2)  # --set wins
+    with (d / "runs.csv").open() as f:
+        assert {r["variant"] for r in csv.DictReader(f)} == {"full", "no_grad_term"}
+    assert "study smoke, best trial" in err
