@@ -355,29 +355,51 @@ def _importance_figure(study: Study, imp: dict[str, float]):
 
 
 def _curve_figure(study: Study, records: Sequence[TrialRecord], param: str):
-    """val_acc and test_acc (and the study's metric) of the complete trials against ``param``."""
+    """val_acc and test_acc of the complete trials against ``param``: one dot per trial, a
+    running median to show the trend through trial noise, and the enqueued baseline (epsilon = 0,
+    plain DKD, for eps_sweep) as dashed lines to compare against."""
+    import numpy as np
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     done = sorted(
-        (r for r in _complete(records) if param in r.params), key=lambda r: r.params[param]
+        (r for r in _complete(records) if isinstance(r.params.get(param), (int, float))),
+        key=lambda r: r.params[param],
     )
-    xs = [r.params[param] for r in done]
+    baseline = next(
+        (
+            r
+            for point in study.enqueue
+            if list(point) == [param]
+            for r in done
+            if r.params[param] == point[param]
+        ),
+        None,
+    )
     shown = False
     for key, color in (("val_acc", "tab:blue"), ("test_acc", "tab:orange")):
-        pts = [(x, r.metrics.get(key)) for x, r in zip(xs, done, strict=True)]
+        pts = [(r.params[param], r.metrics.get(key)) for r in done]
         pts = [(x, y) for x, y in pts if y is not None and math.isfinite(y)]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", ms=3, lw=0.8, color=color, label=key)
-            shown = True
-    if study.metric not in ("val_acc", "test_acc") and done:
-        ax2 = ax.twinx()
-        ax2.plot(xs, [r.value for r in done], "s--", ms=3, color="tab:green", label=study.metric)
-        ax2.set_ylabel(study.metric)
+        if not pts:
+            continue
+        xs, ys = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
+        ax.scatter(xs, ys, s=10, alpha=0.5, color=color, label=key)
+        window = max(3, len(ys) // 10) | 1
+        if len(ys) >= 2 * window:
+            half = window // 2
+            trend = [np.median(ys[max(0, i - half) : i + half + 1]) for i in range(len(ys))]
+            ax.plot(xs, trend, color=color, lw=1.5, label=f"{key}, running median")
+        if baseline is not None and baseline.metrics.get(key) is not None:
+            value = baseline.metrics[key]
+            ax.axhline(value, color=color, ls="--", lw=0.8, alpha=0.8)
+        shown = True
+    if baseline is not None:
+        ax.plot([], [], "k--", lw=0.8, label=f"{param} = {baseline.params[param]:g} (baseline)")
     if not shown:
         ax.text(0.5, 0.5, "no complete trials yet", ha="center", transform=ax.transAxes)
     ax.set_xlabel(param)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{study.name}: accuracy vs {param} (complete trials)")
+    ax.set_title(f"{study.name}: accuracy vs {param} ({len(done)} complete trials)")
     if shown:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)

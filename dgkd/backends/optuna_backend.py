@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from dgkd.objective import clean_metrics, run_trial, set_threads, threads_per_worker
@@ -49,6 +51,7 @@ __all__ = [
     "GRACE_PERIOD_S",
     "HEARTBEAT_INTERVAL_S",
     "JOURNAL_FILE",
+    "MEDIAN_STARTUP_TRIALS",
     "check_storage",
     "driver_url",
     "inspect_command",
@@ -56,9 +59,11 @@ __all__ = [
     "make_pruner",
     "make_sampler",
     "open_storage",
+    "redact",
     "run",
     "storage_label",
     "to_records",
+    "worker_id",
 ]
 
 JOURNAL_FILE = "journal.log"
@@ -128,9 +133,7 @@ def open_storage(
         path = _journal_path(opts)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            return _JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise SearchInputError(f"cannot open journal {path}: {exc.strerror or exc}") from None
     url = driver_url(opts.storage)
@@ -548,6 +551,15 @@ class _Worker:
 
     def _objective(self, trial: optuna.Trial) -> float:
         self._release()  # the trial now exists (RUNNING): others may claim theirs
+        try:
+            return self._trial(trial)
+        except KeyboardInterrupt:  # keeps its number, does not count, re-runs its parameters
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
+            self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            raise
+
+    def _trial(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", self._id)
         params = self.study.space.suggest(trial)
         cfg = self.study.config(params, self.opts.overrides)
@@ -572,11 +584,6 @@ class _Worker:
             trial.set_user_attr("fail_reason", f"diverged: {exc}")
             trial.set_user_attr("fail_epoch", exc.epoch)
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
-            self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-            raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
@@ -588,13 +595,51 @@ class _Worker:
         return float(value)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
+# Ctrl-C and SIGTERM are deferred while this process writes or replays the journal. Optuna's
+# journal file lock, interrupted while it waits, removes the lock of the process that holds it
+# (which then fails its trial with "did not possess lock"), and a replay cut half-way leaves
+# this process's copy of the study inconsistent. Both take milliseconds.
+_critical = 0
+_deferred = False
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    global _deferred
+    if _critical:
+        _deferred = True
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _uninterruptible():
+    global _critical, _deferred
+    _critical += 1
+    try:
+        yield
+    finally:
+        _critical -= 1
+        if not _critical and _deferred:
+            _deferred = False
+            raise KeyboardInterrupt
+
+
+class _JournalStorage(JournalStorage):
+    """A journal whose writes and replays an interruption cannot cut (see ``_interrupt``)."""
+
+    def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
+        with _uninterruptible():
+            super()._write_log(op_code, extra_fields)
+
+    def _sync_with_backend(self) -> None:
+        with _uninterruptible():
+            super()._sync_with_backend()
 
 
 class _Quiet:
     """Optuna's own per-trial logging off (we print our lines; it would print tracebacks of
-    caught divergences), SIGTERM as Ctrl-C, torch threads set; all restored on exit."""
+    caught divergences); Ctrl-C and SIGTERM interrupt, but never inside a journal write;
+    torch threads set. All restored on exit."""
 
     def __init__(self, threads: int | None) -> None:
         self.threads = threads  # None: leave torch's thread count alone
@@ -606,14 +651,16 @@ class _Quiet:
         self._warnings.__enter__()
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         self._threads = set_threads(self.threads) if self.threads else None
-        self._sigterm = None
+        self._handlers: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+            self._handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+                self._handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._sigterm is not None:
-            signal.signal(signal.SIGTERM, self._sigterm)
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
         if self._threads is not None:
             set_threads(self._threads)
         self._warnings.__exit__(*exc)
