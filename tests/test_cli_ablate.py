@@ -131,3 +131,32 @@ def test_from_study_takes_the_best_finished_trial(capsys, tmp_path):
     with (d / "runs.csv").open() as f:
         assert {r["variant"] for r in csv.DictReader(f)} == {"full", "no_grad_term"}
     assert "study smoke, best trial" in err
+
+
+def test_sigkilled_ablation_keeps_finished_cells_and_completes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    entry = "import sys; from dgkd.cli import ablate_main; sys.exit(ablate_main(sys.argv[1:]))"
+    argv = ["--variants", "no_grad_term,minimize_mse", "--seeds", "3", "--out", str(tmp_path),
+            "--quiet", "--set", "epochs=6", "--set", "teacher_epochs=2"]  # fmt: skip
+    cells = tmp_path / "ablate" / "default" / "cells"
+    proc = subprocess.Popen([sys.executable, "-c", entry, *argv], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(cells.glob("*.json"))) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no cell finished in time"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup, a cell may be mid-training
+    proc.wait()
+    kept = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    assert 2 <= len(kept) < 9
+    for path in cells.glob("*.json"):  # written atomically: every stored cell is whole
+        json.loads(path.read_text())
+    assert ablate_main(argv) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    assert len(after) == 9  # 3 variants x 3 seeds
+    assert all(after[name] == mtime for name, mtime in kept.items())  # finished cells not rerun
+    with open(tmp_path / "ablate" / "default" / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 9

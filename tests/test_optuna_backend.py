@@ -4,6 +4,7 @@ and the storage staying readable by Optuna's own CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -332,3 +333,86 @@ def test_journal_elsewhere_via_storage_path(tmp_path: Path) -> None:
     assert search_main([*argv, "--storage", str(journal), "--fresh"]) == 0
     assert [p.name.startswith("j.log.old-") for p in journal.parent.iterdir()].count(True) == 1
     assert len(pd.read_csv(tmp_path / "runs" / "smoke" / "trials.csv")) == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # a zombie of ours counts as gone
+            return False
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_of_a_two_worker_search_loses_nothing(tmp_path: Path) -> None:
+    study = unpruned_smoke(tmp_path)
+    args = ("--study", study, "--trials", "5", "--set", "epochs=12")
+    proc = start(tmp_path, *args, "--workers", "2")
+    wait_for(proc, tmp_path, finished=1, running=2)
+    running = journal_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    pids = {int(t.user_attrs["worker"].split(":")[1]) for t in running}
+    proc.kill()  # SIGKILL of the parent: no cleanup of its own
+    proc.wait()
+    # Its workers follow it (SIGTERM on parent death) instead of training on as orphans.
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "workers outlived their killed parent"
+        time.sleep(0.2)
+    trials = journal_study(tmp_path).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert [t for t in trials if t.user_attrs.get("interrupted")]  # stopped mid-trial
+    assert search_main(["--out", str(tmp_path), "--quiet", *args]) == 0
+    check_exact_total(tmp_path, 5)
+
+
+def test_two_searches_started_at_once_share_one_journal(tmp_path: Path) -> None:
+    study = unpruned_smoke(tmp_path)
+    procs = [start(tmp_path, "--study", study, "--trials", "6") for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    frame = check_exact_total(tmp_path, 6)
+    assert len(frame) == 6  # no duplicate or lost trial numbers, nothing interrupted
+    assert len(journal_study(tmp_path).trials) == 6
+
+
+def test_postgresql_worker_killed_mid_trial_is_retried_through_its_heartbeat(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DGKD_HEARTBEAT_S", "1")
+    monkeypatch.setenv("DGKD_GRACE_PERIOD_S", "2")
+    name = f"pg_{uuid.uuid4().hex[:8]}"
+    study_file = tmp_path / f"{name}.toml"  # a fresh study name in the shared database
+    study_file.write_text(
+        Path(load_study("smoke").source).read_text().replace('"median"', '"none"')
+    )
+    args = ("--study", str(study_file), "--trials", "10", "--storage", postgres_url,
+            "--set", "epochs=12")  # fmt: skip
+    procs = [start(tmp_path, *args) for _ in range(2)]  # two machines' worth of processes
+    url = ob.driver_url(postgres_url)
+    deadline = time.monotonic() + 120
+    while True:  # until both processes are training, each with a trial of its own
+        assert time.monotonic() < deadline, "the two processes never trained at once"
+        with contextlib.suppress(KeyError):
+            running = optuna.load_study(study_name=name, storage=url).get_trials(
+                states=(TrialState.RUNNING,)
+            )
+            owners = {int(t.user_attrs.get("worker", "h:0:0").split(":")[1]) for t in running}
+            if {p.pid for p in procs} <= owners:
+                break
+        time.sleep(0.1)
+    victim, survivor = procs
+    cut = [t.number for t in running if t.user_attrs["worker"].split(":")[1] == str(victim.pid)]
+    victim.kill()  # SIGKILL mid-trial: its trial stays RUNNING and its heartbeat stops
+    victim.wait()
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    frame = check_exact_total(tmp_path, 10, name)
+    for number in cut:  # found stale by the survivor and retried with the same parameters
+        assert frame.loc[number, "state"] == "FAIL"
+        assert frame.loc[number, "fail_reason"].startswith("interrupted (its heartbeat stopped)")

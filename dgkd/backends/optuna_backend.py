@@ -70,6 +70,19 @@ JOURNAL_FILE = "journal.log"
 CLAIM_LOCK = ".claim.lock"
 HEARTBEAT_INTERVAL_S = 10  # RDB: a running trial records a heartbeat this often
 GRACE_PERIOD_S = 40  # RDB: a trial silent this long is failed and re-enqueued
+
+
+def _env_seconds(name: str, default: int) -> int:
+    """A positive whole number of seconds from the environment (DGKD_HEARTBEAT_S and
+    DGKD_GRACE_PERIOD_S tune the heartbeat for a cluster), else ``default``."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SearchInputError(f"{name} must be a whole number of seconds >= 1, got {raw!r}")
+    return int(raw)
+
+
 MAX_RETRY = 3  # RDB: re-runs of a trial whose heartbeat stopped
 POLL_S = 0.5  # how often the parent of several workers reads the storage
 MEDIAN_STARTUP_TRIALS = 10  # complete trials before the median pruner compares
@@ -143,8 +156,9 @@ def open_storage(
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=heartbeat_interval or HEARTBEAT_INTERVAL_S,
-                grace_period=grace_period or GRACE_PERIOD_S,
+                heartbeat_interval=heartbeat_interval
+                or _env_seconds("DGKD_HEARTBEAT_S", HEARTBEAT_INTERVAL_S),
+                grace_period=grace_period or _env_seconds("DGKD_GRACE_PERIOD_S", GRACE_PERIOD_S),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RETRY
                 ),
@@ -667,6 +681,26 @@ class _Quiet:
         optuna.logging.set_verbosity(self._verbosity)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its parent dies (even by SIGKILL).
+
+    SIGTERM is what a worker already handles: its trial is marked interrupted and re-enqueued,
+    so a killed ``dgkd-search`` leaves no orphan training on and no trial stuck RUNNING. Elsewhere
+    (no prctl) the parent's own recovery on restart covers the same case.
+    """
+    import ctypes
+    import sys
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(130)
+
+
 def _worker_main(
     study: Study, opts: SearchOptions, total: int, index: int, errors: Any
 ) -> None:  # pragma: no cover - runs in a spawned process (covered by the subprocess tests)
@@ -675,6 +709,7 @@ def _worker_main(
 
     from dgkd.space import SpecError
 
+    _die_with_parent()
     try:
         with _Quiet(threads_per_worker(opts.workers)):
             _Worker(study, opts, total=total, index=index, storage=open_storage(opts)).loop()
