@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from dgkd.backends import optuna_backend as ob
 from dgkd.cli import search_main
 from dgkd.study import load_study
+from dgkd.train import train
 from dgkd.trials import SearchOptions
 
 CODE = "import sys; from dgkd.cli import search_main; sys.exit(search_main(sys.argv[1:]))"
@@ -367,7 +368,15 @@ def test_sigkill_of_a_two_worker_search_loses_nothing(tmp_path: Path) -> None:
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert [t for t in trials if t.user_attrs.get("interrupted")]  # stopped mid-trial
     assert search_main(["--out", str(tmp_path), "--quiet", *args]) == 0
-    check_exact_total(tmp_path, 5)
+    frame = check_exact_total(tmp_path, 5)
+    # Determinism after a resume: a re-run trial (fresh worker process, after the kill) has
+    # exactly the metrics of the same config trained here, in this process.
+    reruns = frame[frame["fail_reason"].astype("string").fillna("").str.startswith("interrupted")]
+    row = frame.loc[int(reruns.iloc[0]["fail_reason"].rsplit("re-run as trial ", 1)[1])]
+    cfg = load_study(study).config({"epsilon": float(row["params_epsilon"])}, {"epochs": 12})
+    metrics = train(cfg).metrics
+    for key in ("val_acc", "test_acc", "test_agreement", "test_ece", "train_nc1"):
+        assert row[key] == pytest.approx(metrics[key], rel=0, abs=1e-12), key
 
 
 def test_two_searches_started_at_once_share_one_journal(tmp_path: Path) -> None:
