@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dgkd.io import atomic_write_json
+from dgkd.progress import Bar
 from dgkd.stats import CONFIDENCE, N_RESAMPLES, compare_paired, holm, summarize
 from dgkd.train import DivergedError, TrainConfig, train
 
@@ -642,7 +643,7 @@ def _run_pending(
     _prepare_teacher(base.config, opts.progress)
     by_key = {c.key: c for c in pending}
     ran = 0
-    with _Progress(opts.progress, total, len(done)) as bar:
+    with Bar(opts.progress, "ablation", total, completed=len(done)) as bar:
 
         def finished(key: str, out: Mapping[str, Any]) -> None:
             nonlocal ran
@@ -813,50 +814,6 @@ def _ray_cause(exc: BaseException) -> BaseException:
     """The user's exception inside a RayTaskError, when there is one."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
-
-
-class _Progress:
-    """A rich progress bar over cells on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, completed: int) -> None:
-        self.enabled, self.total, self.completed = enabled, total, completed
-        self._bar = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("ablation"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task(
-                "cells", total=self.total, completed=self.completed, info=""
-            )
-        return self
-
-    def advance(self, info: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, info=info)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 def summarize_cells(cells: Sequence[CellResult], variants: Sequence[str]) -> list[dict[str, Any]]:

@@ -58,6 +58,13 @@ def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
         return code
 
 
+def _add_set(p: argparse.ArgumentParser, text: str) -> None:
+    """The ``--set KEY=VALUE`` option every command shares (parsed by ``parse_overrides``)."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text
+    )
+
+
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dgkd-train",
@@ -70,14 +77,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="NCKD weight (default 8.0)")
     p.add_argument("--epsilon", type=float, help="gradient-term weight (default 6.0; 0 = DKD)")
     p.add_argument("--temperature", type=float, help="distillation temperature (default 4.0)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config field, repeatable (e.g. --set student=mlp --set epochs=20)",
-    )
+    _add_set(p, "override any config field, repeatable (e.g. --set student=mlp --set epochs=20)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -170,14 +170,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
         help="Ray cluster address (default: RAY_ADDRESS, else a cluster started here with "
         "'ray start', else a new local one; 'local' always starts a new one)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of the base config, repeatable (e.g. --set epochs=20)",
-    )
+    _add_set(p, "override a field of the base config, repeatable (e.g. --set epochs=20)")
     p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
     p.add_argument(
         "--name",
@@ -314,14 +307,7 @@ def _search_parser() -> argparse.ArgumentParser:
         "<name>.old-<timestamp>",
     )
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of the study's base config, repeatable (e.g. --set epochs=20)",
-    )
+    _add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

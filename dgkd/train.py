@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from dgkd import metrics
 from dgkd.data import DATASETS, Splits, load_splits
 from dgkd.losses import TeacherStats, dgkd_loss, grad_terms, kd_loss, teacher_stats
 from dgkd.models import MODEL_NAMES, SEQUENCE_MODELS, build_model, has_width
+from dgkd.progress import Bar
 
 __all__ = [
     "METHODS",
@@ -380,7 +381,7 @@ def fit(
     if cfg.method in ("dkd", "dgkd") and teacher_train_logits is not None:
         stats = teacher_stats(teacher_train_logits, train_y, temperature=cfg.temperature)
     history: list[dict[str, float]] = []
-    bar = _Progress(progress, f"training {name}", epochs)
+    bar = Bar(progress, f"training {name}", epochs)
     with bar:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -423,51 +424,10 @@ def fit(
                 )
                 row["val_acc"] = metrics.accuracy(val_logits, val_y)
             history.append(row)
-            bar.advance(row)
+            bar.advance(f"val_acc {row['val_acc']:.3f}")
             if report is not None:
                 report(epoch, dict(row))
     return model, history
-
-
-class _Progress:
-    """A rich progress bar over epochs, or nothing when ``enabled`` is False."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-        self._progress = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(self.label, total=self.total, info="")
-        return self
-
-    def advance(self, row: Mapping[str, float]) -> None:
-        if self._progress is not None:
-            info = f"val_acc {row['val_acc']:.3f}" if "val_acc" in row else ""
-            self._progress.update(self._task, advance=1, info=info)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
 
 
 def train(cfg: TrainConfig, *, report: Report | None = None, progress: bool = False) -> TrainResult:

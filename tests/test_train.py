@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contracts import FINAL_METRICS
 
 from dgkd.losses import dgkd_loss, kd_loss
 from dgkd.teacher import teacher_config
@@ -26,22 +27,6 @@ from dgkd.train import (
     train,
 )
 
-FINAL_METRICS = (
-    "val_acc",
-    "test_acc",
-    "test_agreement",
-    "test_kl_to_teacher",
-    "test_ece",
-    "train_acc",
-    "train_nc1",
-    "teacher_test_acc",
-    "grad_cos",
-    "grad_norm_tckd",
-    "grad_norm_nckd",
-    "epochs",
-    "train_loss",
-    "duration_s",
-)
 SHARES = ("val_acc", "test_acc", "test_agreement", "test_ece", "train_acc", "teacher_test_acc")
 
 
