@@ -614,17 +614,10 @@ def _manifest(
 
 def _prepare_teacher(cfg: TrainConfig, progress: bool) -> None:
     """Train or load the shared teacher once, before cells start, so no cell races for it."""
-    from dgkd.data import load_splits
     from dgkd.teacher import load_teacher
-    from dgkd.train import resolve_device
+    from dgkd.train import resolve_device, splits_for
 
-    splits = load_splits(
-        cfg.dataset,
-        data_root=cfg.data_root,
-        download=cfg.download,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-    )
+    splits = splits_for(cfg)
     load_teacher(cfg, splits, device=resolve_device(cfg.device), progress=progress)
 
 

@@ -256,6 +256,17 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False)  # the trained student
 
 
+def splits_for(cfg: TrainConfig) -> Splits:
+    """The data splits a config trains and evaluates on."""
+    return load_splits(
+        cfg.dataset,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if name == "auto":
@@ -462,13 +473,7 @@ def _train(cfg: TrainConfig, *, report: Report | None, progress: bool) -> TrainR
 
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    splits = load_splits(
-        cfg.dataset,
-        data_root=cfg.data_root,
-        download=cfg.download,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-    )
+    splits = splits_for(cfg)
     if cfg.method in ("dkd", "dgkd") and splits.num_classes < 3:
         raise ConfigError(
             f"method {cfg.method} needs at least 3 classes ({cfg.dataset} has "
