@@ -9,6 +9,7 @@ comparison prints a rich table (median of repeats, min-max) and the whole run is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -27,7 +28,7 @@ from benchmarks.naive import autograd_dgkd_loss, naive_trial
 from dgkd.io import atomic_write_text
 from dgkd.losses import dgkd_loss, teacher_stats
 from dgkd.models import build_model
-from dgkd.train import TrainConfig, distill_loss, train
+from dgkd.train import TrainConfig, build_optimizer, distill_loss, train
 
 console = Console()
 
@@ -58,6 +59,16 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     ratios: list[tuple[str, float, str]] = field(default_factory=list)  # (label, value, target)
     notes: list[str] = field(default_factory=list)
+    table: list[list[str]] = field(default_factory=list)  # free-form: a header row, then rows
+
+
+DEVICE = torch.device("cpu")  # set by --device; the loss and step comparisons run there
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so that a timer measures it (no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def timeit(fn: Callable[[], object], *, repeats: int, inner: int, warmup: int = 2) -> list[float]:
@@ -66,9 +77,11 @@ def timeit(fn: Callable[[], object], *, repeats: int, inner: int, warmup: int = 
         fn()
     out = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         for _ in range(inner):
             fn()
+        _sync()
         out.append((time.perf_counter() - start) / inner)
     return out
 
@@ -91,9 +104,9 @@ def bench_loss(quick: bool) -> Comparison:
     repeats, inner = (3, 20) if quick else (15, 200)
     for batch, classes in ((64, 100), (128, 10)):
         gen = torch.Generator().manual_seed(0)
-        zs = torch.randn(batch, classes, generator=gen, requires_grad=True)
-        zt = torch.randn(batch, classes, generator=gen)
-        y = torch.randint(0, classes, (batch,), generator=gen)
+        zs = torch.randn(batch, classes, generator=gen).to(DEVICE).requires_grad_(True)
+        zt = torch.randn(batch, classes, generator=gen).to(DEVICE)
+        y = torch.randint(0, classes, (batch,), generator=gen).to(DEVICE)
         kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 6.0, "temperature": 4.0}
 
         def fused(zs=zs, zt=zt, y=y, kw=kw) -> None:
@@ -110,46 +123,73 @@ def bench_loss(quick: bool) -> Comparison:
     return comp
 
 
-def _step_fn(model, x, logits_t, y, cfg: TrainConfig, cached: bool) -> Callable[[], None]:
-    """One training step as ``dgkd.train.fit`` runs it.
+def _step_fn(
+    model, x, logits_t, y, cfg: TrainConfig, cached: bool, clock: dict[str, float] | None = None
+) -> Callable[[], None]:
+    """One training step as ``dgkd.train.fit`` runs it, with the configured optimizer.
 
     ``cached``: the teacher's logits are cached (no augmentation), so dkd/dgkd use the
-    precomputed teacher side of the loss, as the trainer does on MNIST-1D.
+    precomputed teacher side of the loss, as the trainer does on MNIST-1D. ``clock``, if given,
+    accumulates each section's wall time and labels the sections for torch.profiler
+    (``bench_profile``); without it the step runs bare.
     """
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = build_optimizer(cfg, model.parameters(), cfg.lr, x.device)
     stats = teacher_stats(logits_t, y, temperature=cfg.temperature) if cached else None
-    index = torch.arange(len(y))
+    index = torch.arange(len(y), device=y.device)
+    dkd = stats is not None and cfg.method in ("dkd", "dgkd")
+
+    @contextlib.contextmanager
+    def section(name: str):
+        if clock is None:
+            yield
+            return
+        start = time.perf_counter()
+        with torch.profiler.record_function(name):
+            yield
+        clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
 
     def step() -> None:
-        logits, _ = model(x)
-        batch = None if stats is None or cfg.method not in ("dkd", "dgkd") else stats.select(index)
-        loss, _ = distill_loss(cfg, logits, logits_t, y, 1.0, stats=batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with section(SECTIONS[0]):
+            logits, _ = model(x)
+        with section(SECTIONS[1]):
+            batch = stats.select(index) if dkd else None
+            loss, _ = distill_loss(cfg, logits, logits_t, y, 1.0, stats=batch)
+        with section(SECTIONS[2]):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with section(SECTIONS[3]):
+            opt.step()
 
     return step
+
+
+SECTIONS = ("model forward", "loss forward", "backward (model and loss)", "optimizer step")
 
 
 def bench_steps(quick: bool) -> Comparison:
     """Per-step cost (forward, loss, backward, optimizer step) of DGKD against CE and DKD."""
     comp = Comparison("Distillation overhead per training step")
     small, large = ((2, 10), (1, 2)) if quick else ((7, 100), (5, 10))  # (repeats, inner)
+    if DEVICE.type == "cuda" and not quick:
+        large = (7, 50)  # a GPU step takes milliseconds, not a second
+    cifar = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
     cases = [
-        ("default student (cnn1d w8, batch 128)", "cnn1d", 8, (40,), 10, 128, small, True),
-        ("resnet8x4, CIFAR-100 shape (batch 64)", "resnet8x4", None, (3, 32, 32), 100, 64, large,
-         False),
+        ("default student (cnn1d w8, batch 128, Adam)", "cnn1d", 8, (40,), 10, 128, small, True,
+         TrainConfig()),
+        ("resnet8x4, CIFAR-100 shape (batch 64, SGD)", "resnet8x4", None, (3, 32, 32), 100, 64,
+         large, False, cifar),
     ]  # fmt: skip
-    for label, arch, width, shape, classes, batch, (repeats, inner), cached in cases:
+    for label, arch, width, shape, classes, batch, (repeats, inner), cached, base in cases:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, *shape, generator=gen)
-        y = torch.randint(0, classes, (batch,), generator=gen)
-        logits_t = torch.randn(batch, classes, generator=gen) * 3
+        x = torch.randn(batch, *shape, generator=gen).to(DEVICE)
+        y = torch.randint(0, classes, (batch,), generator=gen).to(DEVICE)
+        logits_t = (torch.randn(batch, classes, generator=gen) * 3).to(DEVICE)
         steps = {}
         for method in ("ce", "dkd", "dgkd"):
             torch.manual_seed(0)
             model = build_model(arch, num_classes=classes, input_shape=shape, width=width)
-            steps[method] = _step_fn(model, x, logits_t, y, TrainConfig(method=method), cached)
+            model.to(DEVICE)
+            steps[method] = _step_fn(model, x, logits_t, y, base.replace(method=method), cached)
         times = interleaved(steps, repeats=repeats, inner=inner)
         medians = {}
         for method, values in times.items():
@@ -189,6 +229,85 @@ def bench_trial(quick: bool) -> Comparison:
             + ", ".join(f"{v:.3f}" for v in values)
             + f" (seeds 0-{repeats - 1})"
         )
+    return comp
+
+
+def _top_level_ops(prof) -> list:
+    """aten operations called from Python (not from inside another aten operation)."""
+    return [
+        e
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))
+    ]
+
+
+def bench_profile(quick: bool) -> Comparison:
+    """Operation counts (torch.profiler) and unprofiled times: where the time goes.
+
+    At these sizes a tensor operation costs a few microseconds whatever its size, so the number
+    of operations dispatched from Python explains the times of the loss and of the step.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    def count_ops(fn: Callable[[], object], calls: int) -> float:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                fn()
+        return len(_top_level_ops(prof)) / calls
+
+    comp = Comparison("Profile: tensor operations and time per call")
+    calls, repeats, inner = (5, 3, 20) if quick else (50, 7, 200)
+    comp.table.append(["case", "aten ops per call", "time per call (unprofiled)"])
+    gen = torch.Generator().manual_seed(0)
+    zs = torch.randn(128, 10, generator=gen, requires_grad=True)
+    zt = torch.randn(128, 10, generator=gen)
+    y = torch.randint(0, 10, (128,), generator=gen)
+    kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 6.0, "temperature": 4.0}
+    stats = teacher_stats(zt, y, temperature=4.0)
+    cases = {
+        "loss (128, 10): autograd.grad(create_graph=True)": lambda: autograd_dgkd_loss(
+            zs, zt, y, **kw
+        ).backward(),
+        "loss (128, 10): dgkd_loss": lambda: dgkd_loss(zs, zt, y, **kw)["loss"].backward(),
+        "loss (128, 10): teacher_stats alone": lambda: teacher_stats(zt, y, temperature=4.0),
+        "loss (128, 10): dgkd_loss, cached teacher side, CE fused (the trainer's call)": (
+            lambda: dgkd_loss(zs, None, y, stats=stats, ce_weight=1.0, **kw)["loss"].backward()
+        ),
+    }
+    for label, fn in cases.items():
+        ops = count_ops(fn, calls)
+        took = statistics.median(timeit(fn, repeats=repeats, inner=inner))
+        comp.table.append([label, f"{ops:.0f}", f"{took * 1e6:.0f} us"])
+    x = torch.randn(128, 40, generator=gen)
+    logits_t = torch.randn(128, 10, generator=gen) * 3
+    for method in ("ce", "dgkd"):
+        torch.manual_seed(0)
+        model = build_model("cnn1d", num_classes=10, input_shape=(40,), width=8)
+        clock: dict[str, float] = {}
+        step = _step_fn(model, x, logits_t, y, TrainConfig(method=method), True, clock)
+        timeit(step, repeats=repeats, inner=inner)
+        n = repeats * inner + 2  # timeit's calls, warm-up included
+        times = {name: clock[name] / n for name in SECTIONS}
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                step()
+        spans = [e for e in prof.events() if e.name in SECTIONS]
+        ops = dict.fromkeys(SECTIONS, 0.0)
+        for e in _top_level_ops(prof):
+            for span in spans:
+                if span.time_range.start <= e.time_range.start <= span.time_range.end:
+                    ops[span.name] += 1 / calls
+        for name in SECTIONS:
+            comp.table.append(
+                [f"{method} step: {name}", f"{ops[name]:.0f}", f"{times[name] * 1e6:.0f} us"]
+            )
+    comp.notes.append(
+        "aten ops per call: operations dispatched from Python or the autograd engine (not those "
+        "inside another operation), counted with torch.profiler. Times are without the "
+        "profiler: medians of repeats for the loss, means over the timed steps for the step's "
+        "sections. Steps: the default student (cnn1d w8, batch 128, Adam, cached teacher logits)."
+    )
     return comp
 
 
@@ -261,31 +380,50 @@ def _search(tmp: Path, name: str, *, pruner: str, trials: int, args: list[str], 
     return wall, pd.read_csv(tmp / name / "trials.csv")
 
 
-def bench_search(quick: bool, trials: int) -> Comparison:
-    """Whole searches: workers 2 vs 1, pruning vs none, and the harness's share of wall time."""
+def bench_search(quick: bool, trials: int, parallel_trials: int) -> Comparison:
+    """Whole searches in fresh processes: the study's median pruner against none (``trials``
+    each, one worker), 2 workers against 1 and the Ray backend (``parallel_trials`` each), and
+    the share of worker time spent outside ``train()``."""
     import tempfile
 
-    comp = Comparison(f"Search: eps_sweep, {trials} trials, dgkd-search in a fresh process")
+    comp = Comparison(
+        f"Search: eps_sweep (dgkd-search in a fresh process); pruning over {trials} trials, "
+        f"workers and Ray over {parallel_trials}"
+    )
     extra = "epochs = 2\nteacher_epochs = 2" if quick else ""
     train(TrainConfig(**({"epochs": 2, "teacher_epochs": 2} if quick else {})))  # teacher cached
+    # label: (pruner, trials, arguments); with trials == parallel_trials, the two unpruned
+    # one-worker runs share a label and run once.
+    runs = {
+        f"{trials} trials, 1 worker, no pruning": ("none", trials, ["--workers", "1"]),
+        f"{trials} trials, 1 worker, median pruner": ("median", trials, ["--workers", "1"]),
+        f"{parallel_trials} trials, 1 worker, no pruning": ("none", parallel_trials, []),
+        f"{parallel_trials} trials, 2 workers, no pruning": (
+            "none",
+            parallel_trials,
+            ["--workers", "2"],
+        ),
+        f"{parallel_trials} trials, ray backend, 2 at a time, no pruning": (
+            "none",
+            parallel_trials,
+            ["--backend", "ray"],
+        ),
+    }  # fmt: skip
+    walls, frames = {}, {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        runs = {
-            "1 worker, no pruning": ("none", ["--workers", "1"]),
-            "2 workers, no pruning": ("none", ["--workers", "2"]),
-            "1 worker, median pruner": ("median", ["--workers", "1"]),
-            "ray backend, 2 trials at a time, no pruning": ("none", ["--backend", "ray"]),
-        }
-        walls, frames = {}, {}
-        for i, (label, (pruner, args)) in enumerate(runs.items()):
+        for i, (label, (pruner, n, args)) in enumerate(runs.items()):
             walls[label], frames[label] = _search(
-                tmp, f"run{i}", pruner=pruner, trials=trials, args=args, extra=extra
+                tmp, f"run{i}", pruner=pruner, trials=n, args=args, extra=extra
             )
             comp.rows.append(Row(label, [walls[label]]))
-    one, two = walls["1 worker, no pruning"], walls["2 workers, no pruning"]
+    unpruned = walls[f"{trials} trials, 1 worker, no pruning"]
+    pruned = walls[f"{trials} trials, 1 worker, median pruner"]
+    one = walls[f"{parallel_trials} trials, 1 worker, no pruning"]
+    two = walls[f"{parallel_trials} trials, 2 workers, no pruning"]
     comp.ratios.append(("trials per minute, 2 workers / 1 worker", one / two, ">= 1.7x"))
-    pruned = walls["1 worker, median pruner"]
-    comp.ratios.append(("wall time, no pruning / median pruner", one / pruned, "report"))
+    comp.ratios.append((f"wall time over {trials} trials, no pruning / median pruner",
+                        unpruned / pruned, "report"))  # fmt: skip
     for label, frame in frames.items():
         states = frame["state"].value_counts().to_dict()
         best = frame.loc[frame["state"] == "COMPLETE", "value"].max()
@@ -294,8 +432,8 @@ def bench_search(quick: bool, trials: int) -> Comparison:
         outside = 1 - in_trials / (walls[label] * slots)
         comp.notes.append(
             f"{label}: best val_acc {best:.4f}; states {states}; "
-            f"{100 * outside:.1f}% of worker time outside trials (start-up, storage, sampling, "
-            "exports)"
+            f"{100 * outside:.1f}% of worker time outside train() (start-up, storage, "
+            "sampling, exports)"
         )
     return comp
 
@@ -305,15 +443,17 @@ BENCHES = {
     "steps": bench_steps,
     "trial": bench_trial,
     "memory": bench_memory,
+    "profile": bench_profile,
     "search": bench_search,
 }
 
 
 def _machine() -> str:
+    gpu = f", GPU {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s)"
+        f"{torch.get_num_threads()} torch thread(s){gpu}"
     )
 
 
@@ -334,6 +474,16 @@ def _render(comp: Comparison) -> tuple[Table, str]:
         md.append(f"| {label} | {value:.2f}x | {target} |")
     for note in comp.notes:
         table.add_row(note, "")
+    if comp.table:
+        header, *body = comp.table
+        extra = Table(title=comp.title)
+        for name in header:
+            extra.add_column(name, justify="left" if name == header[0] else "right")
+        for cells in body:
+            extra.add_row(*cells)
+        table = extra if not comp.rows else table
+        md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(cells) + " |" for cells in body]
     md += [""] + [f"- {n}" for n in comp.notes] + [""]
     return table, "\n".join(md)
 
@@ -347,9 +497,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="BENCHMARKS.md", help="markdown report (default BENCHMARKS.md)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
     p.add_argument(
-        "--search-trials", type=int, default=60, help="trials per search in 'search' (default 60)"
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the loss and step comparisons run (default cpu; cuda runs only those two)",
+    )
+    p.add_argument(
+        "--search-trials",
+        type=int,
+        default=200,
+        help="trials of the pruning comparison in 'search' (default 200, the eps_sweep study's)",
+    )
+    p.add_argument(
+        "--parallel-trials",
+        type=int,
+        default=60,
+        help="trials of the workers and Ray comparisons in 'search' (default 60)",
     )
     args = p.parse_args(argv)
+    for flag in ("threads", "search_trials", "parallel_trials"):
+        if getattr(args, flag) < 1:
+            print(f"{p.prog}: error: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print(f"{p.prog}: error: --device cuda: no CUDA device is available", file=sys.stderr)
+            return 2
+        if set(args.only or BENCHES) - {"loss", "steps"}:
+            print(
+                f"{p.prog}: error: --device cuda runs the loss and steps comparisons only: "
+                "add --only loss steps",
+                file=sys.stderr,
+            )
+            return 2
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     sections = [
@@ -362,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in args.only or list(BENCHES):
         if name == "search":
-            comp = bench_search(args.quick, 4 if args.quick else args.search_trials)
+            trials = (4, 4) if args.quick else (args.search_trials, args.parallel_trials)
+            comp = bench_search(args.quick, *trials)
         else:
             comp = BENCHES[name](args.quick)
         table, md = _render(comp)

@@ -11,18 +11,23 @@ are the softmax over the non-target classes only.
 * DGKD = alpha TCKD + beta NCKD + grad_sign epsilon G, G = M / stopgrad(M) ("normalized") or M
   ("raw").
 
-``dgkd_loss`` is one autograd Function: its forward computes every term once and its backward is
-the closed-form gradient (alpha g_T + beta g_N + the hand-derived dG/dz_s). At these sizes the
-cost is per-operation overhead, so a fused function with a few dozen tensor operations beats the
-autograd formulation (which differentiates through g_T and g_N a second time). Hyperparameters may
-be Python numbers or 0-d tensors, so a population of students can share the function.
+``dgkd_loss`` is one autograd Function whose forward computes every term and the closed-form
+gradient (alpha g_T + beta g_N + the hand-derived dG/dz_s, optionally + CE's) in one pass; the
+backward only scales it. At these sizes a tensor operation costs microseconds whatever its size,
+so the design counts operations: one masked exponential per side instead of ``log_softmax`` plus
+``logsumexp``, every row reduction as one product of two gathers, the teacher's side precomputed
+once per run (:func:`teacher_stats`). The autograd formulation differentiates through g_T and g_N
+a second time. Hyperparameters may be Python numbers or 0-d tensors, so a population of students
+can share the function.
 
-Numerics: log p_t and log(1 - p_t) come from log-sum-exp, and the target class is excluded by
-masking, so the terms stay finite for logits up to 1e4 in float32.
+Numerics: log p_t and log(1 - p_t) come from log-sum-exp shifted by the non-target maximum, and
+the target class is excluded by an additive -inf mask, so the terms stay finite for logits up to
+1e4 in float32.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,19 +51,7 @@ GradTerm = Literal["normalized", "raw"]
 # gradient dM/M finite when a saturated student makes M exactly zero.
 _NORM_EPS = 1e-8
 
-
-@dataclass(frozen=True)
-class _Parts:
-    """Per-row quantities shared by the terms and their gradients."""
-
-    mask: Tensor  # B x C one-hot of the target, bool
-    p: Tensor  # B x C softmax(z_s / T)
-    p_t: Tensor  # (B,) student target probability
-    p_hat: Tensor  # B x C student softmax over non-target classes (0 at the target)
-    q_t: Tensor  # (B,) teacher target probability
-    q_hat: Tensor  # B x C teacher softmax over non-target classes
-    tckd_rows: Tensor  # (B,) KL of the binary split, before T^2 and the batch mean
-    nckd_rows: Tensor  # (B,) KL among non-target classes
+_WIDE = (torch.float32, torch.float64)  # logits in other dtypes (half) are computed in float32
 
 
 def _check(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: float | Tensor) -> None:
@@ -80,69 +73,101 @@ def _check(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: floa
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+def _split_softmax(
+    z: Tensor, neg: Tensor, tgt: Tensor, out: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The decoupled softmax of scaled logits ``z`` (B x C) with one masked exponential.
+
+    ``neg`` is -inf at the target and 0 elsewhere, ``tgt`` the target as (B, 1). Returns
+    ``p_hat`` (softmax over the non-target classes, exactly 0 at the target), ``log p_t``,
+    ``log(1 - p_t)`` and ``lse_nt`` (log-sum-exp of the non-target logits), the last three
+    (B, 1). Shifting by the non-target maximum keeps their sum >= 1, so every log is finite for
+    any finite logits; this costs about a third of ``log_softmax`` plus ``logsumexp`` (nine
+    kernels) at these sizes. ``out`` receives ``p_hat`` (no autograd).
+    """
+    m = z + neg
+    shift = m.amax(1, keepdim=True)
+    e = (m - shift).exp()
+    total = e.sum(1, keepdim=True)
+    p_hat = e / total if out is None else torch.div(e, total, out=out)
+    lse_nt = total.log() + shift
+    z_t = z.gather(1, tgt)
+    lse = torch.logaddexp(z_t, lse_nt)
+    return p_hat, z_t - lse, lse_nt - lse, lse_nt
+
+
 @dataclass(frozen=True)
 class TeacherStats:
     """The teacher's side of TCKD and NCKD at one temperature: constants of the student.
 
-    When the teacher's logits on the training set are cached, computing these once per run and
-    selecting a batch's rows (:meth:`select`) removes about a third of the loss's operations from
-    every step. Build with :func:`teacher_stats`.
+    One N x (3C + 4) table, so that a batch's rows are a single ``index_select``: the one-hot
+    target, the additive mask (-inf at the target), the teacher's non-target softmax ``q_hat``,
+    then ``q_t``, ``1 - q_t`` and the teacher's entropy parts ``sum q log q`` of the binary split
+    and of ``q_hat``. Computing it once per run removes the teacher's operations from every
+    step. Build with :func:`teacher_stats`.
     """
 
-    mask: Tensor  # N x C one-hot of the target, bool
-    q_hat: Tensor  # N x C teacher softmax over non-target classes (0 at the target)
-    rows: Tensor  # N x 4: q_t, 1 - q_t, sum of q log q over the binary split, and over q_hat
+    table: Tensor
+
+    @property
+    def classes(self) -> int:
+        return (self.table.shape[1] - 4) // 3
+
+    def parts(self) -> tuple[Tensor, ...]:
+        """``(onehot, neg, q_hat, q_t, q_nt, binary, among)``, views of the table."""
+        c = self.classes
+        return self.table.split([c, c, c, 1, 1, 1, 1], dim=1)
 
     def select(self, index: Tensor) -> TeacherStats:
         """The rows of a batch (``index`` into the N examples)."""
-        return TeacherStats(self.mask[index], self.q_hat[index], self.rows[index])
+        return TeacherStats(self.table.index_select(0, index))
+
+    def rows(self, part: slice) -> TeacherStats:
+        """A contiguous range of rows, as a view (a batch of an epoch already in order)."""
+        return TeacherStats(self.table[part])
 
 
 def teacher_stats(logits_t: Tensor, target: Tensor, *, temperature: float | Tensor) -> TeacherStats:
     """Precompute the teacher's side of :func:`dgkd_loss` for ``logits_t`` (N x C) at ``T``."""
     with torch.no_grad():
+        n, classes = logits_t.shape
         dtype = torch.promote_types(logits_t.dtype, torch.float32)
+        table = logits_t.new_zeros(n, 3 * classes + 4, dtype=dtype)
+        onehot, neg, q_hat, q_t, q_nt, binary, among = TeacherStats(table).parts()
+        tgt = target.unsqueeze(1)
+        onehot.scatter_(1, tgt, 1.0)
+        neg.scatter_(1, tgt, float("-inf"))
         zt = logits_t.to(dtype) / temperature
-        mask = F.one_hot(target, zt.shape[1]).bool()
-        lsm = torch.log_softmax(zt, dim=1)
-        log_qt = lsm.gather(1, target.unsqueeze(1)).squeeze(1)
-        log_1m_qt = torch.logsumexp(lsm.masked_fill(mask, float("-inf")), dim=1)
-        log_q_hat = torch.log_softmax(zt.masked_fill(mask, float("-inf")), dim=1)
-        q_hat = log_q_hat.exp()  # exactly 0 at the target
-        q_t, q_nt = log_qt.exp(), log_1m_qt.exp()
-        # log q is finite wherever q is 0 except at the masked target, hence the fill.
-        binary = q_t * log_qt + q_nt * log_1m_qt
-        among = (q_hat * log_q_hat.masked_fill(mask, 0.0)).sum(1)
-        return TeacherStats(mask, q_hat, torch.stack([q_t, q_nt, binary, among], dim=1))
+        _, log_qt, log_qnt, lse_nt = _split_softmax(zt, neg, tgt, out=q_hat)
+        torch.exp(log_qt, out=q_t)
+        torch.exp(log_qnt, out=q_nt)
+        torch.addcmul(q_t * log_qt, q_nt, log_qnt, out=binary)
+        # sum_j q_hat_j log q_hat_j = sum_j q_hat_j z_j - lse_nt: q_hat sums to 1 and is 0 at t.
+        torch.sub((q_hat * zt).sum(1, keepdim=True), lse_nt, out=among)
+        return TeacherStats(table)
 
 
-def _parts(
-    logits_s: Tensor, stats: TeacherStats, target: Tensor, temperature: float | Tensor
-) -> _Parts:
-    """Student-side quantities; KL = sum q log q (teacher constant) - sum q log p."""
+@dataclass(frozen=True)
+class _Student:
+    """The student's side of one batch: what the terms, g_T, g_N and dM/dz_s need."""
+
+    p_hat: Tensor  # B x C, 0 at the target
+    p_t: Tensor  # (B, 1)
+    p_nt: Tensor  # (B, 1) 1 - p_t, from its logarithm (precise when p_t rounds to 1)
+    tckd_rows: Tensor  # (B, 1) KL of the binary split, before T^2 and the batch mean
+    nckd_rows: Tensor  # (B, 1) KL among the non-target classes
+
+
+def _student(logits_s: Tensor, stats: TeacherStats, target: Tensor, temperature) -> _Student:
+    """KL = sum q log q (a teacher constant, in the table) - sum q log p."""
     dtype = torch.promote_types(logits_s.dtype, torch.float32)  # half precision upcast
     zs = logits_s.to(dtype) / temperature
-    mask = stats.mask
-    lsm = torch.log_softmax(zs, dim=1)
-    log_pt = lsm.gather(1, target.unsqueeze(1)).squeeze(1)
-    # log(1 - p_t) by log-sum-exp over the non-target classes: finite even when p_t rounds to 1.
-    log_1m_pt = torch.logsumexp(lsm.masked_fill(mask, float("-inf")), dim=1)
-    log_p_hat = torch.log_softmax(zs.masked_fill(mask, float("-inf")), dim=1)
-    q_t, q_nt, binary, among = stats.rows.unbind(1)
-    tckd_rows = binary - q_t * log_pt - q_nt * log_1m_pt
-    nckd_rows = among - (stats.q_hat * log_p_hat.masked_fill(mask, 0.0)).sum(1)
-    return _Parts(
-        mask, lsm.exp(), log_pt.exp(), log_p_hat.exp(), q_t, stats.q_hat, tckd_rows, nckd_rows
-    )
-
-
-def _grads(parts: _Parts, temperature: float | Tensor, batch: int) -> tuple[Tensor, Tensor]:
-    """Closed-form g_T and g_N (B x C), the gradients of batch-mean TCKD and NCKD."""
-    c = temperature / batch
-    a = (parts.p_t - parts.q_t).unsqueeze(1)
-    g_t = torch.where(parts.mask, c * a, -c * a * parts.p_hat)
-    g_n = c * (parts.p_hat - parts.q_hat)  # zero at the target: both hats are masked there
-    return g_t, g_n
+    _, neg, q_hat, q_t, q_nt, binary, among = stats.parts()
+    p_hat, log_pt, log_npt, lse_nt = _split_softmax(zs, neg, target.unsqueeze(1))
+    tckd_rows = binary - q_t * log_pt - q_nt * log_npt
+    # sum_j q_hat_j log p_hat_j = sum_j q_hat_j z_j - lse_nt, as in teacher_stats.
+    nckd_rows = among - (q_hat * zs).sum(1, keepdim=True) + lse_nt
+    return _Student(p_hat, log_pt.exp(), log_npt.exp(), tckd_rows, nckd_rows)
 
 
 def _row_cosine(a: Tensor, b: Tensor) -> Tensor:
@@ -168,11 +193,20 @@ def dkd_terms(
         ``(tckd, nckd)`` as scalar tensors.
     """
     _check(logits_s, logits_t, target, temperature)
-    parts = _parts(
-        logits_s, teacher_stats(logits_t, target, temperature=temperature), target, temperature
-    )
+    s = _student(logits_s, teacher_stats(logits_t, target, temperature=temperature), target,
+                 temperature)  # fmt: skip
     t2 = temperature * temperature
-    return t2 * parts.tckd_rows.mean(), t2 * parts.nckd_rows.mean()
+    return t2 * s.tckd_rows.mean(), t2 * s.nckd_rows.mean()
+
+
+def _grads(s: _Student, stats: TeacherStats, temperature, batch: int) -> tuple[Tensor, ...]:
+    """Closed-form g_T, g_N (B x C, gradients of batch-mean TCKD and NCKD), and the shared
+    factors ``u = e_t - p_hat`` and ``a = p_t - q_t`` (B, 1)."""
+    onehot, _, q_hat, q_t, *_ = stats.parts()
+    c = temperature / batch
+    a = s.p_t - q_t
+    u = onehot - s.p_hat
+    return (c * a) * u, c * (s.p_hat - q_hat), u, a
 
 
 def grad_terms(
@@ -190,47 +224,119 @@ def grad_terms(
     _check(logits_s, logits_t, target, temperature)
     with torch.no_grad():
         stats = teacher_stats(logits_t, target, temperature=temperature)
-        parts = _parts(logits_s, stats, target, temperature)
-        return _grads(parts, temperature, logits_s.shape[0])
+        s = _student(logits_s, stats, target, temperature)
+        return _grads(s, stats, temperature, logits_s.shape[0])[:2]
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant vector, built once (a fresh tensor costs four operations per step)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+# Row reductions as one product of two gathers of the fields (u, d, w, p_hat, q_hat, z_s / T):
+# u.u, d.d, w.w, u.d, w.p_hat and q_hat.z_s.
+_LEFT, _RIGHT = (0, 1, 2, 0, 2, 4), (0, 1, 2, 1, 3, 5)
+
+
+def _vector(values: tuple, like: Tensor) -> Tensor:
+    """``values`` (numbers or 0-d tensors, e.g. a population's hyperparameters) as a vector."""
+    if all(isinstance(v, (int, float)) for v in values):
+        return _constant(tuple(float(v) for v in values), like.dtype, like.device)
+    return torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values])
+
+
+def _dgkd(logits_s, stats, target, alpha, beta, weight, temperature, raw, ce_weight, need_grad):
+    """The loss, its reported terms and (``need_grad``) its closed-form gradient for a unit
+    upstream gradient, in one pass while every field is in cache."""
+    batch, classes = logits_s.shape
+    z = logits_s if logits_s.dtype in _WIDE else logits_s.float()
+    onehot, neg, q_hat, q_t, q_nt, binary, among = stats.parts()
+    tgt = target.unsqueeze(1)
+    fields = z.new_empty(6, batch, classes)
+    u, d, w, p_hat, q, zs = fields.unbind(0)
+    torch.div(z, temperature, out=zs)
+    q.copy_(q_hat)
+    _, log_pt, log_npt, lse_nt = _split_softmax(zs, neg, tgt, out=p_hat)
+    p_t, p_nt = log_pt.exp(), log_npt.exp()
+    a = p_t - q_t
+    torch.sub(onehot, p_hat, out=u)  # e_t - p_hat: g_T = c a u with c = T / B
+    torch.sub(p_hat, q_hat, out=d)  # g_N = c d
+    torch.addcmul(d, a, u, value=-1, out=w)  # d - a u = -(g_T - g_N) / c
+    left, right = (_constant(i, torch.long, z.device) for i in (_LEFT, _RIGHT))
+    products = fields.index_select(0, left) * fields.index_select(0, right)
+    uu, dd, ww, ud, wp, qz = products.sum(2, keepdim=True).unbind(0)
+    tckd_rows = torch.addcmul(torch.addcmul(binary, q_t, log_pt, value=-1), q_nt, log_npt,
+                              value=-1)  # fmt: skip
+    # sum_j q_hat_j log p_hat_j = q_hat . z_s - lse_nt (q_hat sums to 1 and is 0 at t).
+    rows = [tckd_rows, among - qz + lse_nt, ww]
+    if ce_weight is not None:  # CE(z_s, y) at temperature 1, per row
+        shift = z.amax(1, keepdim=True)
+        e = (z - shift).exp()
+        total = e.sum(1, keepdim=True)
+        rows.append(total.log() + shift - z.gather(1, tgt))
+    # The batch means, scaled into (TCKD, NCKD, M[, CE]); their weighted sum is the loss without
+    # G (folded in as well when G = M is linear).
+    means = torch.cat(rows, 1).mean(0)
+    t2, c = temperature * temperature, temperature / batch
+    scale = (t2, t2, c * c / classes, 1.0)[: len(rows)]
+    linear = (alpha * t2, beta * t2, weight * c * c / classes if raw else 0.0, ce_weight)
+    terms = means * _vector(scale, means)
+    loss = torch.dot(means, _vector(linear[: len(rows)], means))
+    grad_mse = terms[2]
+    denom = grad_mse if raw else grad_mse + _NORM_EPS
+    if not raw:
+        loss = loss + weight * (grad_mse / denom)
+    # cos(g_T, g_N) of a row = sign(a) u.d / (|u| |d|); |u| >= 1, and d = 0 makes u.d = 0.
+    tiny = torch.finfo(dd.dtype).tiny
+    grad_cos = (a.sign() * ud * torch.rsqrt(uu * dd.clamp_min(tiny))).mean()
+    outputs = (loss, *terms[:3].unbind(), grad_cos, *terms[3:].unbind())
+    if not need_grad:
+        return outputs, None
+    # dM/dz_s = 2c/(B C T) [p_t (e_t - p)(r_t - S) - (a + 1) p_hat (r - S) on j != t] with
+    # c = T/B, a = p_t - q_t, r = g_T - g_N, S = sum_{j != t} r_j p_hat_j (DESIGN.md section
+    # 2). Substituting e_t - p = (1 - p_t) u, r = -c w, r_t = c a and S = -c w.p_hat:
+    # dM/dz_s = 2c/(B^2 C) [p_t (1 - p_t)(a + w.p_hat) u + (a + 1) p_hat (w - w.p_hat)];
+    # and alpha g_T + beta g_N = c (alpha a u + beta d).
+    lam = weight * (2.0 / (batch * batch * classes))
+    if not raw:
+        lam = lam / denom
+    coef_u = alpha * a + lam * (p_t * p_nt * (a + wp))
+    grad = torch.addcmul(beta * d, coef_u, u)
+    grad.addcmul_(lam * (a + 1), p_hat * (w - wp))
+    if ce_weight is not None:  # dCE/dz_s = (softmax(z_s) - e_t) / B; the factor below has T / B
+        if isinstance(ce_weight / temperature, Tensor):
+            grad.add_((e / total - onehot) * (ce_weight / temperature))
+        else:
+            grad.add_(e / total - onehot, alpha=ce_weight / temperature)
+    grad *= c
+    return outputs, grad
 
 
 class _DGKDFunction(torch.autograd.Function):
-    """alpha TCKD + beta NCKD + weight G: forward and closed-form backward in one graph node."""
+    """ce_weight CE + alpha TCKD + beta NCKD + weight G as one graph node: the forward computes
+    the closed-form gradient too, and the backward only scales it. About 75 tensor operations
+    in all (the autograd formulation runs about 130, through two graphs); at these sizes every
+    operation costs microseconds whatever its size, so their number is the cost."""
 
     @staticmethod
-    def forward(ctx, logits_s, stats, target, alpha, beta, weight, temperature, raw):
-        batch = logits_s.shape[0]
-        parts = _parts(logits_s, stats, target, temperature)
-        g_t, g_n = _grads(parts, temperature, batch)
-        r = g_t - g_n
-        grad_mse = (r * r).mean()
-        t2 = temperature * temperature
-        tckd = t2 * parts.tckd_rows.mean()
-        nckd = t2 * parts.nckd_rows.mean()
-        denom = grad_mse if raw else grad_mse + _NORM_EPS
-        loss = alpha * tckd + beta * nckd + weight * (grad_mse if raw else grad_mse / denom)
-        grad_cos = _row_cosine(g_t, g_n)
-        ctx.save_for_backward(parts.mask, parts.p, parts.p_t, parts.p_hat, parts.q_t, g_t, g_n, r)
-        ctx.hyper = (alpha, beta, weight, temperature, denom, raw, logits_s.dtype)
-        ctx.mark_non_differentiable(tckd, nckd, grad_mse, grad_cos)
-        return loss, tckd, nckd, grad_mse, grad_cos
+    def forward(ctx, logits_s, stats, target, alpha, beta, weight, temperature, raw, ce_weight):
+        ctx.set_materialize_grads(False)
+        outputs, grad = _dgkd(logits_s, stats, target, alpha, beta, weight, temperature, raw,
+                              ce_weight, ctx.needs_input_grad[0])  # fmt: skip
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        ctx.dtype = logits_s.dtype
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
 
     @staticmethod
     def backward(ctx, grad_loss, *_unused):
-        mask, p, p_t, p_hat, q_t, g_t, g_n, r = ctx.saved_tensors
-        alpha, beta, weight, _temperature, denom, raw, dtype = ctx.hyper
-        batch, classes = p.shape
-        # dM/dz_s = 2c/(B C T) [p_t (e_t - p)(r_t - S) - (a + 1) p_hat (r - S) on j != t],
-        # c = T/B, a = p_t - q_t, S = sum_{j != t} r_j p_hat_j (DESIGN.md section 2); the
-        # second product is already zero at the target because p_hat is.
-        a = (p_t - q_t).unsqueeze(1)
-        r_t = (r * mask).sum(1, keepdim=True)
-        s = (r * p_hat).sum(1, keepdim=True)
-        d_mse = p_t.unsqueeze(1) * (mask.to(p.dtype) - p) * (r_t - s) - (a + 1) * p_hat * (r - s)
-        d_mse = d_mse * (2.0 / (batch * batch * classes))  # 2c / (B C T) with c = T / B
-        d_g = d_mse if raw else d_mse / denom
-        grad = grad_loss * (alpha * g_t + beta * g_n + weight * d_g)
-        return grad.to(dtype), None, None, None, None, None, None, None
+        if grad_loss is None:
+            return (None,) * 9
+        (grad,) = ctx.saved_tensors
+        grad = grad * grad_loss
+        return grad if grad.dtype == ctx.dtype else grad.to(ctx.dtype), *(None,) * 8
 
 
 def dgkd_loss(
@@ -245,6 +351,7 @@ def dgkd_loss(
     grad_term: GradTerm = "normalized",
     grad_sign: float = -1.0,
     stats: TeacherStats | None = None,
+    ce_weight: float | Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Decoupled Gradient Knowledge Distillation loss.
 
@@ -266,10 +373,14 @@ def dgkd_loss(
         grad_sign: -1.0 or +1.0.
         stats: The batch's rows of :func:`teacher_stats` at the same temperature, to skip
             recomputing the teacher's side (a training loop with cached teacher logits).
+        ce_weight: If given, ``ce_weight * CE(logits_s, target)`` (temperature 1) is added to
+            ``loss`` in the same graph node, and CE is returned as ``ce``: a training step's
+            whole loss then costs one forward and one closed-form backward.
 
     Returns:
         A dict with ``loss`` (differentiable scalar), and detached ``tckd``, ``nckd``,
-        ``grad_mse`` (M) and ``grad_cos`` (mean row-wise cosine of g_T and g_N).
+        ``grad_mse`` (M), ``grad_cos`` (mean row-wise cosine of g_T and g_N) and, with
+        ``ce_weight``, ``ce``.
 
     Raises:
         ValueError: for fewer than 3 classes, mismatched shapes, a bad ``grad_term`` or sign.
@@ -281,11 +392,11 @@ def dgkd_loss(
     if stats is None:
         _check(logits_s, logits_t, target, temperature)
         stats = teacher_stats(logits_t, target, temperature=temperature)
-    elif stats.q_hat.shape != logits_s.shape:
+    elif (len(stats.table), stats.classes) != logits_s.shape:
         raise ValueError(
-            f"stats are for {tuple(stats.q_hat.shape)} logits, got {tuple(logits_s.shape)}"
+            f"stats are for {(len(stats.table), stats.classes)} logits, got {tuple(logits_s.shape)}"
         )
-    loss, tckd, nckd, grad_mse, grad_cos = _DGKDFunction.apply(
+    out = _DGKDFunction.apply(
         logits_s,
         stats,
         target,
@@ -294,8 +405,9 @@ def dgkd_loss(
         grad_sign * epsilon,
         temperature,
         grad_term == "raw",
+        ce_weight,
     )
-    return {"loss": loss, "tckd": tckd, "nckd": nckd, "grad_mse": grad_mse, "grad_cos": grad_cos}
+    return dict(zip(("loss", "tckd", "nckd", "grad_mse", "grad_cos", "ce"), out, strict=False))
 
 
 def kd_loss(logits_s: Tensor, logits_t: Tensor, *, temperature: float | Tensor) -> Tensor:

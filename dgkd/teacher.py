@@ -31,7 +31,7 @@ __all__ = ["TeacherBundle", "TeacherError", "load_teacher", "teacher_config", "t
 log = logging.getLogger(__name__)
 
 # Bump when the teacher's training code changes in a way that changes the weights it produces.
-_FORMAT = 1
+_FORMAT = 2  # 2: im2col cnn1d, fused optimizers
 
 _MEMO: dict[tuple, TeacherBundle] = {}
 

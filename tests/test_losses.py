@@ -135,7 +135,8 @@ def test_epsilon_zero_is_exactly_dkd(grad_term) -> None:
     tckd, nckd = dkd_terms(zs, zt, target, temperature=4.0)
     g_t, g_n = grad_terms(zs, zt, target, temperature=4.0)
     assert torch.equal(out["loss"], 1.0 * tckd + 8.0 * nckd)
-    assert torch.equal(x.grad, 1.0 * g_t + 8.0 * g_n)
+    # The same closed form up to rounding (the backward factors T/B out of both fields).
+    torch.testing.assert_close(x.grad, 1.0 * g_t + 8.0 * g_n, rtol=1e-6, atol=1e-9)
     # ... and that is autograd's DKD gradient.
     y = zs.clone().requires_grad_(True)
     a, b = dkd_terms(y, zt, target, temperature=4.0)
@@ -301,3 +302,35 @@ def test_precomputed_teacher_stats_give_the_same_loss_and_gradient() -> None:
     torch.testing.assert_close(b.grad, a.grad)
     with pytest.raises(ValueError, match="stats are for"):
         dgkd_loss(zs[:4], None, y[:4], stats=stats, **kw)
+
+
+@pytest.mark.parametrize("ce_weight", [1.0, 0.5, 0.0])
+def test_fused_cross_entropy_equals_separate_terms(ce_weight) -> None:
+    """ce_weight adds CE(z_s, y) in the same node: value and gradient as if added outside."""
+    zs, zt, target = _batch((32, 10), seed=13)
+    kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 6.0, "temperature": 4.0}
+    a = zs.clone().requires_grad_(True)
+    fused = dgkd_loss(a, zt, target, ce_weight=ce_weight, **kw)
+    fused["loss"].backward()
+    b = zs.clone().requires_grad_(True)
+    ce = F.cross_entropy(b, target)
+    separate = dgkd_loss(b, zt, target, **kw)
+    (ce_weight * ce + separate["loss"]).backward()
+    torch.testing.assert_close(fused["loss"], ce_weight * ce + separate["loss"])
+    torch.testing.assert_close(fused["ce"], ce.detach())
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    assert "ce" not in separate
+    # A tensor weight (a population's) gives the same.
+    c = zs.clone().requires_grad_(True)
+    out = dgkd_loss(c, zt, target, ce_weight=torch.tensor(ce_weight, dtype=zs.dtype), **kw)
+    out["loss"].backward()
+    torch.testing.assert_close(c.grad, a.grad, rtol=1e-12, atol=0.0)
+
+
+def test_fused_cross_entropy_stays_finite_for_confident_students() -> None:
+    zs, zt, target = _extreme_cases()["confident_wrong"]
+    x = zs.clone().requires_grad_(True)
+    out = dgkd_loss(x, zt, target, alpha=1.0, beta=8.0, epsilon=6.0, temperature=4.0, ce_weight=1.0)
+    out["loss"].backward()
+    assert torch.isfinite(out["ce"]) and out["ce"] > 1e3  # ~1e4: the wrong class wins by 1e4
+    assert torch.isfinite(x.grad).all()

@@ -96,3 +96,36 @@ def test_same_seed_same_weights(name: str) -> None:
     torch.manual_seed(124)
     other = build_model(name, num_classes=10, input_shape=shape).state_dict()
     assert any(not torch.equal(states[0][k], other[k]) for k in other)
+
+
+@pytest.mark.parametrize(("width", "length"), [(8, 40), (64, 40), (3, 13), (5, 8)])
+def test_cnn1d_equals_standard_conv1d_forward_and_backward(width: int, length: int) -> None:
+    """The im2col forward is the architecture's nn.Conv1d layers, value and gradients."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model("cnn1d", num_classes=10, input_shape=(length,), width=width).double()
+    x = torch.randn(17, length, dtype=torch.float64)
+    logits, feats = model(x)
+    (logits.square().sum() + feats.sum()).backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    h = x.unsqueeze(1)
+    for conv in model.features[0::2]:
+        h = torch.relu(F.conv1d(h, conv.weight, conv.bias, stride=2, padding=1))
+    ref_feats = h.flatten(1)
+    ref_logits = model.fc(ref_feats)
+    (ref_logits.square().sum() + ref_feats.sum()).backward()
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(feats, ref_feats, rtol=1e-12, atol=1e-12)
+    for got, want in zip(ours, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_cnn1d_state_dict_is_that_of_conv1d_layers() -> None:
+    """Checkpoints and the teacher cache stay loadable: no extra persistent entries."""
+    model = build_model("cnn1d", num_classes=10, input_shape=(40,), width=8)
+    assert sorted(model.state_dict()) == sorted(
+        [f"features.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+        + ["fc.weight", "fc.bias"]
+    )
