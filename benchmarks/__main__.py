@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -28,7 +29,7 @@ from benchmarks.naive import autograd_dgkd_loss, naive_trial
 from dgkd.io import atomic_write_text
 from dgkd.losses import dgkd_loss, teacher_stats
 from dgkd.models import build_model
-from dgkd.train import TrainConfig, build_optimizer, distill_loss, train
+from dgkd.train import TrainConfig, build_optimizer, distill_loss, splits_for, train
 
 console = Console()
 
@@ -133,7 +134,8 @@ def _step_fn(
     accumulates each section's wall time and labels the sections for torch.profiler
     (``bench_profile``); without it the step runs bare.
     """
-    opt = build_optimizer(cfg, model.parameters(), cfg.lr, x.device)
+    params = list(model.parameters())
+    opt = build_optimizer(cfg, params, cfg.lr, x.device)
     stats = teacher_stats(logits_t, y, temperature=cfg.temperature) if cached else None
     index = torch.arange(len(y), device=y.device)
     dkd = stats is not None and cfg.method in ("dkd", "dgkd")
@@ -155,7 +157,8 @@ def _step_fn(
             batch = stats.select(index) if dkd else None
             loss, _ = distill_loss(cfg, logits, logits_t, y, 1.0, stats=batch)
         with section(SECTIONS[2]):
-            opt.zero_grad(set_to_none=True)
+            for p in params:  # as the trainer clears gradients
+                p.grad = None
             loss.backward()
         with section(SECTIONS[3]):
             opt.step()
@@ -308,7 +311,47 @@ def bench_profile(quick: bool) -> Comparison:
         "profiler: medians of repeats for the loss, means over the timed steps for the step's "
         "sections. Steps: the default student (cnn1d w8, batch 128, Adam, cached teacher logits)."
     )
+    if not quick:
+        comp.notes.append(_compiled_loss(stats, zs, y, kw, repeats, inner))
     return comp
+
+
+def _compiled_loss(stats, zs, y, kw, repeats: int, inner: int) -> str:
+    """What fusing the loss into compiled kernels would buy, and what it costs to compile.
+
+    torch.compile (inductor, C++ kernels on the CPU) of the trainer's call: the figure that
+    decides whether it pays is the compile time against the time saved per trial.
+    """
+    from dgkd.losses import TeacherStats
+
+    def call(z, table, target):
+        out = dgkd_loss(z, None, target, stats=TeacherStats(table), ce_weight=1.0, **kw)
+        return out["loss"]
+
+    def eager() -> None:
+        call(zs, stats.table, y).backward()
+
+    try:
+        compiled = torch.compile(call, dynamic=False)
+        start = time.perf_counter()
+        compiled(zs, stats.table, y).backward()
+        compile_s = time.perf_counter() - start
+    except Exception as err:  # no C++ compiler, an unsupported platform: say so in the report
+        return f"torch.compile of the trainer's loss call failed here: {type(err).__name__}"
+    times = interleaved(
+        {"eager": eager, "compiled": lambda: compiled(zs, stats.table, y).backward()},
+        repeats=repeats,
+        inner=inner,
+    )
+    e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    cfg = TrainConfig()
+    steps = cfg.epochs * math.ceil(len(splits_for(cfg).train_y) / cfg.batch_size)  # one trial
+    return (
+        f"torch.compile of the trainer's loss call (128, 10): {c * 1e6:.0f} us per call against "
+        f"{e * 1e6:.0f} us eager, after {compile_s:.1f} s of compilation in each process: it "
+        f"saves {(e - c) * steps:.2f} s per default trial ({steps} steps) and pays for itself "
+        f"after {compile_s / ((e - c) * steps):.0f} trials in one process"
+    )
 
 
 # VmHWM, not getrusage: ru_maxrss survives exec and would report the parent's peak.

@@ -76,22 +76,22 @@ def _check(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: floa
 def _split_softmax(
     z: Tensor, neg: Tensor, tgt: Tensor, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The decoupled softmax of scaled logits ``z`` (B x C) with one masked exponential.
+    """The decoupled softmax of scaled logits ``z`` (..., B, C) with one masked exponential.
 
-    ``neg`` is -inf at the target and 0 elsewhere, ``tgt`` the target as (B, 1). Returns
-    ``p_hat`` (softmax over the non-target classes, exactly 0 at the target), ``log p_t``,
-    ``log(1 - p_t)`` and ``lse_nt`` (log-sum-exp of the non-target logits), the last three
-    (B, 1). Shifting by the non-target maximum keeps their sum >= 1, so every log is finite for
-    any finite logits; this costs about a third of ``log_softmax`` plus ``logsumexp`` (nine
+    ``neg`` is -inf at the target and 0 elsewhere (B x C), ``tgt`` the target as (..., B, 1).
+    Returns ``p_hat`` (softmax over the non-target classes, exactly 0 at the target), ``log
+    p_t``, ``log(1 - p_t)`` and ``lse_nt`` (log-sum-exp of the non-target logits), the last three
+    (..., B, 1). Shifting by the non-target maximum keeps their sum >= 1, so every log is finite
+    for any finite logits; this costs about a third of ``log_softmax`` plus ``logsumexp`` (nine
     kernels) at these sizes. ``out`` receives ``p_hat`` (no autograd).
     """
     m = z + neg
-    shift = m.amax(1, keepdim=True)
+    shift = m.amax(-1, keepdim=True)
     e = (m - shift).exp()
-    total = e.sum(1, keepdim=True)
+    total = e.sum(-1, keepdim=True)
     p_hat = e / total if out is None else torch.div(e, total, out=out)
     lse_nt = total.log() + shift
-    z_t = z.gather(1, tgt)
+    z_t = z.gather(-1, tgt)
     lse = torch.logaddexp(z_t, lse_nt)
     return p_hat, z_t - lse, lse_nt - lse, lse_nt
 
@@ -246,19 +246,41 @@ def _vector(values: tuple, like: Tensor) -> Tensor:
     return torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values])
 
 
-def _dgkd(logits_s, stats, target, alpha, beta, weight, temperature, raw, ce_weight, need_grad):
+def _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_weight, need_grad):
     """The loss, its reported terms and (``need_grad``) its closed-form gradient for a unit
-    upstream gradient, in one pass while every field is in cache."""
+    upstream gradient, in one pass while every field is in cache.
+
+    ``teacher`` is the batch's :class:`TeacherStats`, or the teacher's logits: then both sides'
+    softmax is one (2, B, C) pass instead of two.
+    """
     batch, classes = logits_s.shape
     z = logits_s if logits_s.dtype in _WIDE else logits_s.float()
-    onehot, neg, q_hat, q_t, q_nt, binary, among = stats.parts()
     tgt = target.unsqueeze(1)
+    # Six B x C fields in one buffer; the last is z_s / T, or (z_s - z_t) / T when the teacher
+    # comes as logits (NCKD's q_hat . z term then carries the teacher's, and among = -lse_t).
     fields = z.new_empty(6, batch, classes)
-    u, d, w, p_hat, q, zs = fields.unbind(0)
-    torch.div(z, temperature, out=zs)
-    q.copy_(q_hat)
-    _, log_pt, log_npt, lse_nt = _split_softmax(zs, neg, tgt, out=p_hat)
-    p_t, p_nt = log_pt.exp(), log_npt.exp()
+    u, d, w, p_hat, q_hat, dz = fields.unbind(0)
+    if isinstance(teacher, TeacherStats):
+        onehot, neg, q_table, q_t, q_nt, binary, among = teacher.parts()
+        torch.div(z, temperature, out=dz)
+        q_hat.copy_(q_table)
+        _, log_pt, log_npt, lse_nt = _split_softmax(dz, neg, tgt, out=p_hat)
+        p_t, p_nt = log_pt.exp(), log_npt.exp()
+    else:
+        onehot = torch.zeros_like(z).scatter_(1, tgt, 1.0)
+        neg = torch.zeros_like(z).scatter_(1, tgt, float("-inf"))
+        both = torch.stack([z, teacher.to(z.dtype)]) / temperature
+        _, logs_t, logs_nt, lses = _split_softmax(both, neg, tgt.expand(2, -1, -1),
+                                                  out=fields[3:5])  # fmt: skip
+        (log_pt, log_qt), (log_npt, log_qnt), (lse_nt, lse_t) = (
+            logs_t.unbind(0),
+            logs_nt.unbind(0),
+            lses.unbind(0),
+        )
+        (p_t, q_t), (p_nt, q_nt) = logs_t.exp().unbind(0), logs_nt.exp().unbind(0)
+        binary = torch.addcmul(q_t * log_qt, q_nt, log_qnt)
+        among = -lse_t
+        torch.sub(both[0], both[1], out=dz)
     a = p_t - q_t
     torch.sub(onehot, p_hat, out=u)  # e_t - p_hat: g_T = c a u with c = T / B
     torch.sub(p_hat, q_hat, out=d)  # g_N = c d
@@ -320,9 +342,9 @@ class _DGKDFunction(torch.autograd.Function):
     operation costs microseconds whatever its size, so their number is the cost."""
 
     @staticmethod
-    def forward(ctx, logits_s, stats, target, alpha, beta, weight, temperature, raw, ce_weight):
+    def forward(ctx, logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_weight):
         ctx.set_materialize_grads(False)
-        outputs, grad = _dgkd(logits_s, stats, target, alpha, beta, weight, temperature, raw,
+        outputs, grad = _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw,
                               ce_weight, ctx.needs_input_grad[0])  # fmt: skip
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -391,14 +413,13 @@ def dgkd_loss(
         raise ValueError(f"grad_sign must be -1 or +1, got {grad_sign}")
     if stats is None:
         _check(logits_s, logits_t, target, temperature)
-        stats = teacher_stats(logits_t, target, temperature=temperature)
     elif (len(stats.table), stats.classes) != logits_s.shape:
         raise ValueError(
             f"stats are for {(len(stats.table), stats.classes)} logits, got {tuple(logits_s.shape)}"
         )
     out = _DGKDFunction.apply(
         logits_s,
-        stats,
+        logits_t.detach() if stats is None else stats,
         target,
         alpha,
         beta,
