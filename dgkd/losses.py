@@ -74,18 +74,17 @@ def _check(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: floa
 
 
 def _split_softmax(
-    z: Tensor, neg: Tensor, tgt: Tensor, out: Tensor | None = None
+    z: Tensor, m: Tensor, tgt: Tensor, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The decoupled softmax of scaled logits ``z`` (..., B, C) with one masked exponential.
 
-    ``neg`` is -inf at the target and 0 elsewhere (B x C), ``tgt`` the target as (..., B, 1).
-    Returns ``p_hat`` (softmax over the non-target classes, exactly 0 at the target), ``log
-    p_t``, ``log(1 - p_t)`` and ``lse_nt`` (log-sum-exp of the non-target logits), the last three
-    (..., B, 1). Shifting by the non-target maximum keeps their sum >= 1, so every log is finite
-    for any finite logits; this costs about a third of ``log_softmax`` plus ``logsumexp`` (nine
-    kernels) at these sizes. ``out`` receives ``p_hat`` (no autograd).
+    ``m`` is ``z`` with -inf at the target, ``tgt`` the target as (..., B, 1). Returns ``p_hat``
+    (softmax over the non-target classes, exactly 0 at the target), ``log p_t``, ``log(1 - p_t)``
+    and ``lse_nt`` (log-sum-exp of the non-target logits), the last three (..., B, 1). Shifting
+    by the non-target maximum keeps their sum >= 1, so every log is finite for any finite
+    logits; this costs about a third of ``log_softmax`` plus ``logsumexp`` (nine kernels) at
+    these sizes. ``out`` receives ``p_hat`` (no autograd).
     """
-    m = z + neg
     shift = m.amax(-1, keepdim=True)
     e = (m - shift).exp()
     total = e.sum(-1, keepdim=True)
@@ -138,7 +137,7 @@ def teacher_stats(logits_t: Tensor, target: Tensor, *, temperature: float | Tens
         onehot.scatter_(1, tgt, 1.0)
         neg.scatter_(1, tgt, float("-inf"))
         zt = logits_t.to(dtype) / temperature
-        _, log_qt, log_qnt, lse_nt = _split_softmax(zt, neg, tgt, out=q_hat)
+        _, log_qt, log_qnt, lse_nt = _split_softmax(zt, zt + neg, tgt, out=q_hat)
         torch.exp(log_qt, out=q_t)
         torch.exp(log_qnt, out=q_nt)
         torch.addcmul(q_t * log_qt, q_nt, log_qnt, out=binary)
@@ -163,7 +162,7 @@ def _student(logits_s: Tensor, stats: TeacherStats, target: Tensor, temperature)
     dtype = torch.promote_types(logits_s.dtype, torch.float32)  # half precision upcast
     zs = logits_s.to(dtype) / temperature
     _, neg, q_hat, q_t, q_nt, binary, among = stats.parts()
-    p_hat, log_pt, log_npt, lse_nt = _split_softmax(zs, neg, target.unsqueeze(1))
+    p_hat, log_pt, log_npt, lse_nt = _split_softmax(zs, zs + neg, target.unsqueeze(1))
     tckd_rows = binary - q_t * log_pt - q_nt * log_npt
     # sum_j q_hat_j log p_hat_j = sum_j q_hat_j z_j - lse_nt, as in teacher_stats.
     nckd_rows = among - (q_hat * zs).sum(1, keepdim=True) + lse_nt
@@ -234,9 +233,10 @@ def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-# Row reductions as one product of two gathers of the fields (u, d, w, p_hat, q_hat, z_s / T):
-# u.u, d.d, w.w, u.d, w.p_hat and q_hat.z_s.
-_LEFT, _RIGHT = (0, 1, 2, 0, 2, 4), (0, 1, 2, 1, 3, 5)
+# Row reductions as one product of two gathers of the fields (u, d, w, p_hat, q_hat, dz) of
+# _dgkd: w.w, w.p_hat and q_hat.dz for the loss and its gradient, then u.u, d.d and u.d for the
+# cosine of g_T and g_N.
+_LEFT, _RIGHT = (2, 2, 4, 0, 1, 0), (2, 3, 5, 0, 1, 1)
 
 
 def _vector(values: tuple, like: Tensor) -> Tensor:
@@ -246,7 +246,9 @@ def _vector(values: tuple, like: Tensor) -> Tensor:
     return torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values])
 
 
-def _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_weight, need_grad):
+def _dgkd(
+    logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_weight, cosine, need_grad
+):
     """The loss, its reported terms and (``need_grad``) its closed-form gradient for a unit
     upstream gradient, in one pass while every field is in cache.
 
@@ -256,22 +258,23 @@ def _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_w
     batch, classes = logits_s.shape
     z = logits_s if logits_s.dtype in _WIDE else logits_s.float()
     tgt = target.unsqueeze(1)
-    # Six B x C fields in one buffer; the last is z_s / T, or (z_s - z_t) / T when the teacher
-    # comes as logits (NCKD's q_hat . z term then carries the teacher's, and among = -lse_t).
+    # Six B x C fields in one buffer: u, d, w (below), the non-target softmaxes p_hat and q_hat,
+    # and dz = z_s / T, or (z_s - z_t) / T when the teacher comes as logits (then NCKD's
+    # q_hat . dz carries the teacher's sum q_hat z_t, and among = -lse_t).
     fields = z.new_empty(6, batch, classes)
     u, d, w, p_hat, q_hat, dz = fields.unbind(0)
     if isinstance(teacher, TeacherStats):
         onehot, neg, q_table, q_t, q_nt, binary, among = teacher.parts()
         torch.div(z, temperature, out=dz)
         q_hat.copy_(q_table)
-        _, log_pt, log_npt, lse_nt = _split_softmax(dz, neg, tgt, out=p_hat)
+        _, log_pt, log_npt, lse_nt = _split_softmax(dz, dz + neg, tgt, out=p_hat)
         p_t, p_nt = log_pt.exp(), log_npt.exp()
     else:
         onehot = torch.zeros_like(z).scatter_(1, tgt, 1.0)
-        neg = torch.zeros_like(z).scatter_(1, tgt, float("-inf"))
         both = torch.stack([z, teacher.to(z.dtype)]) / temperature
-        _, logs_t, logs_nt, lses = _split_softmax(both, neg, tgt.expand(2, -1, -1),
-                                                  out=fields[3:5])  # fmt: skip
+        tgts = tgt.expand(2, -1, -1)
+        masked = both.scatter(2, tgts, float("-inf"))  # one copy with -inf at the targets
+        _, logs_t, logs_nt, lses = _split_softmax(both, masked, tgts, out=fields[3:5])
         (log_pt, log_qt), (log_npt, log_qnt), (lse_nt, lse_t) = (
             logs_t.unbind(0),
             logs_nt.unbind(0),
@@ -285,9 +288,10 @@ def _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_w
     torch.sub(onehot, p_hat, out=u)  # e_t - p_hat: g_T = c a u with c = T / B
     torch.sub(p_hat, q_hat, out=d)  # g_N = c d
     torch.addcmul(d, a, u, value=-1, out=w)  # d - a u = -(g_T - g_N) / c
-    left, right = (_constant(i, torch.long, z.device) for i in (_LEFT, _RIGHT))
+    pairs = 6 if cosine else 3
+    left, right = (_constant(i[:pairs], torch.long, z.device) for i in (_LEFT, _RIGHT))
     products = fields.index_select(0, left) * fields.index_select(0, right)
-    uu, dd, ww, ud, wp, qz = products.sum(2, keepdim=True).unbind(0)
+    ww, wp, qz, *cos_parts = products.sum(2, keepdim=True).unbind(0)
     tckd_rows = torch.addcmul(torch.addcmul(binary, q_t, log_pt, value=-1), q_nt, log_npt,
                               value=-1)  # fmt: skip
     # sum_j q_hat_j log p_hat_j = q_hat . z_s - lse_nt (q_hat sums to 1 and is 0 at t).
@@ -305,14 +309,16 @@ def _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_w
     linear = (alpha * t2, beta * t2, weight * c * c / classes if raw else 0.0, ce_weight)
     terms = means * _vector(scale, means)
     loss = torch.dot(means, _vector(linear[: len(rows)], means))
-    grad_mse = terms[2]
+    tckd, nckd, grad_mse, *ce = terms.unbind()
     denom = grad_mse if raw else grad_mse + _NORM_EPS
     if not raw:
         loss = loss + weight * (grad_mse / denom)
-    # cos(g_T, g_N) of a row = sign(a) u.d / (|u| |d|); |u| >= 1, and d = 0 makes u.d = 0.
-    tiny = torch.finfo(dd.dtype).tiny
-    grad_cos = (a.sign() * ud * torch.rsqrt(uu * dd.clamp_min(tiny))).mean()
-    outputs = (loss, *terms[:3].unbind(), grad_cos, *terms[3:].unbind())
+    outputs = (loss, tckd, nckd, grad_mse)
+    if cosine:  # cos(g_T, g_N) of a row = sign(a) u.d / (|u| |d|); |u| >= 1, d = 0 makes u.d 0
+        uu, dd, ud = cos_parts
+        tiny = torch.finfo(dd.dtype).tiny
+        outputs += ((a.sign() * ud * torch.rsqrt(uu * dd.clamp_min(tiny))).mean(),)
+    outputs += tuple(ce)
     if not need_grad:
         return outputs, None
     # dM/dz_s = 2c/(B C T) [p_t (e_t - p)(r_t - S) - (a + 1) p_hat (r - S) on j != t] with
@@ -337,15 +343,18 @@ def _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_w
 
 class _DGKDFunction(torch.autograd.Function):
     """ce_weight CE + alpha TCKD + beta NCKD + weight G as one graph node: the forward computes
-    the closed-form gradient too, and the backward only scales it. About 75 tensor operations
-    in all (the autograd formulation runs about 130, through two graphs); at these sizes every
-    operation costs microseconds whatever its size, so their number is the cost."""
+    the closed-form gradient too, and the backward only scales it. About 90 tensor operations
+    from raw logits, forward and backward (the autograd formulation dispatches about 130, through
+    two graphs); at these sizes every operation costs microseconds whatever its size, so their
+    number is the cost (``python -m benchmarks --only profile``)."""
 
     @staticmethod
-    def forward(ctx, logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_weight):
+    def forward(
+        ctx, logits_s, teacher, target, alpha, beta, weight, temperature, raw, ce_weight, cosine
+    ):
         ctx.set_materialize_grads(False)
         outputs, grad = _dgkd(logits_s, teacher, target, alpha, beta, weight, temperature, raw,
-                              ce_weight, ctx.needs_input_grad[0])  # fmt: skip
+                              ce_weight, cosine, ctx.needs_input_grad[0])  # fmt: skip
         if grad is not None:
             ctx.save_for_backward(grad)
         ctx.dtype = logits_s.dtype
@@ -355,10 +364,10 @@ class _DGKDFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_unused):
         if grad_loss is None:
-            return (None,) * 9
+            return (None,) * 10
         (grad,) = ctx.saved_tensors
         grad = grad * grad_loss
-        return grad if grad.dtype == ctx.dtype else grad.to(ctx.dtype), *(None,) * 8
+        return grad if grad.dtype == ctx.dtype else grad.to(ctx.dtype), *(None,) * 9
 
 
 def dgkd_loss(
@@ -374,6 +383,7 @@ def dgkd_loss(
     grad_sign: float = -1.0,
     stats: TeacherStats | None = None,
     ce_weight: float | Tensor | None = None,
+    cosine: bool = True,
 ) -> dict[str, Tensor]:
     """Decoupled Gradient Knowledge Distillation loss.
 
@@ -398,11 +408,12 @@ def dgkd_loss(
         ce_weight: If given, ``ce_weight * CE(logits_s, target)`` (temperature 1) is added to
             ``loss`` in the same graph node, and CE is returned as ``ce``: a training step's
             whole loss then costs one forward and one closed-form backward.
+        cosine: Also return ``grad_cos``, the diagnostic mean row-wise cosine of g_T and g_N
+            (about a tenth of the call's cost; the loss and its gradient do not need it).
 
     Returns:
         A dict with ``loss`` (differentiable scalar), and detached ``tckd``, ``nckd``,
-        ``grad_mse`` (M), ``grad_cos`` (mean row-wise cosine of g_T and g_N) and, with
-        ``ce_weight``, ``ce``.
+        ``grad_mse`` (M), ``grad_cos`` (with ``cosine``) and ``ce`` (with ``ce_weight``).
 
     Raises:
         ValueError: for fewer than 3 classes, mismatched shapes, a bad ``grad_term`` or sign.
@@ -427,8 +438,14 @@ def dgkd_loss(
         temperature,
         grad_term == "raw",
         ce_weight,
+        cosine,
     )
-    return dict(zip(("loss", "tckd", "nckd", "grad_mse", "grad_cos", "ce"), out, strict=False))
+    names = (
+        ["loss", "tckd", "nckd", "grad_mse"]
+        + ["grad_cos"] * cosine
+        + ["ce"] * (ce_weight is not None)
+    )
+    return dict(zip(names, out, strict=True))
 
 
 def kd_loss(logits_s: Tensor, logits_t: Tensor, *, temperature: float | Tensor) -> Tensor:

@@ -335,3 +335,20 @@ def test_fused_cross_entropy_stays_finite_for_confident_students() -> None:
     out["loss"].backward()
     assert torch.isfinite(out["ce"]) and out["ce"] > 1e3  # ~1e4: the wrong class wins by 1e4
     assert torch.isfinite(x.grad).all()
+
+
+def test_without_the_cosine_the_loss_and_gradient_are_unchanged() -> None:
+    zs, zt, target = _batch((16, 10), seed=14)
+    kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 6.0, "temperature": 4.0, "ce_weight": 1.0}
+    grads, outs = [], []
+    for cosine in (True, False):
+        x = zs.clone().requires_grad_(True)
+        out = dgkd_loss(x, zt, target, cosine=cosine, **kw)
+        out["loss"].backward()
+        grads.append(x.grad)
+        outs.append(out)
+    assert "grad_cos" in outs[0] and "grad_cos" not in outs[1]
+    assert sorted(outs[1]) == ["ce", "grad_mse", "loss", "nckd", "tckd"]
+    for key in outs[1]:
+        torch.testing.assert_close(outs[1][key], outs[0][key], rtol=0, atol=0)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
