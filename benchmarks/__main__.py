@@ -571,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parallel-trials",
         type=int,
-        default=60,
-        help="trials of the workers and Ray comparisons in 'search' (default 60)",
+        default=200,
+        help="trials of the workers and Ray comparisons in 'search' (default 200)",
     )
     args = p.parse_args(argv)
     for flag in ("threads", "search_trials", "parallel_trials"):
