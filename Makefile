@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
-search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D (about 6 min on 2 cores)
+search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D (about 4 min on one core)
 	$(BIN)/dgkd-search --study eps_sweep --trials 200
 
 train: $(STAMP)  ## one default DGKD run

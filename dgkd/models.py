@@ -40,9 +40,9 @@ class CNN1d(nn.Module):
 
     The layers are ``nn.Conv1d`` modules (parameters and state dicts as usual), applied as an
     im2col gather plus one matrix product in channels-last layout: at these sizes (a few to 64
-    channels, length <= 40) oneDNN's convolution spends most of its time converting formats and
-    reordering weights, and the gather is about twice as fast forward and backward, with the
-    same result (tests/test_models.py compares it with ``F.conv1d``).
+    channels, length <= 40) oneDNN's convolution is dominated by its per-call costs, and the
+    gather is about twice as fast forward and backward at width 8, with the same result
+    (tests/test_models.py compares it with ``F.conv1d``).
     """
 
     def __init__(self, length: int, width: int, num_classes: int) -> None:
