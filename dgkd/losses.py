@@ -148,11 +148,10 @@ def teacher_stats(logits_t: Tensor, target: Tensor, *, temperature: float | Tens
 
 @dataclass(frozen=True)
 class _Student:
-    """The student's side of one batch: what the terms, g_T, g_N and dM/dz_s need."""
+    """The student's side of one batch for dkd_terms and grad_terms (differentiable)."""
 
     p_hat: Tensor  # B x C, 0 at the target
     p_t: Tensor  # (B, 1)
-    p_nt: Tensor  # (B, 1) 1 - p_t, from its logarithm (precise when p_t rounds to 1)
     tckd_rows: Tensor  # (B, 1) KL of the binary split, before T^2 and the batch mean
     nckd_rows: Tensor  # (B, 1) KL among the non-target classes
 
@@ -166,15 +165,7 @@ def _student(logits_s: Tensor, stats: TeacherStats, target: Tensor, temperature)
     tckd_rows = binary - q_t * log_pt - q_nt * log_npt
     # sum_j q_hat_j log p_hat_j = sum_j q_hat_j z_j - lse_nt, as in teacher_stats.
     nckd_rows = among - (q_hat * zs).sum(1, keepdim=True) + lse_nt
-    return _Student(p_hat, log_pt.exp(), log_npt.exp(), tckd_rows, nckd_rows)
-
-
-def _row_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Mean row-wise cosine; a zero row counts as 0 (F.cosine_similarity's eps misbehaves at
-    the tiny norms g_T and g_N reach once a student fits its teacher)."""
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    dots = (a * b).sum(1)
-    return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(a.dtype).tiny), 0.0).mean()
+    return _Student(p_hat, log_pt.exp(), tckd_rows, nckd_rows)
 
 
 def dkd_terms(
