@@ -35,12 +35,23 @@ def test_bad_counts_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert not out.exists()
 
 
-def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path: Path, capsys) -> None:
-    import pytest
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch) -> None:
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on any machine
     out = tmp_path / "BENCHMARKS.md"
     assert main(["--device", "cuda", "--only", "loss", "--out", str(out)]) == 2
-    assert capsys.readouterr().err.count("\n") == 1 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m benchmarks: error: --device cuda: no CUDA device is available"]
+    assert not out.exists()
+
+
+def test_cuda_runs_only_the_loss_and_step_comparisons(tmp_path: Path, capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["--device", "cuda", "--only", "trial", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "add --only loss steps" in err[0]
+    assert not out.exists()
