@@ -24,14 +24,13 @@ train: $(STAMP)  ## one default DGKD run
 ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 5 paired seeds
 	$(BIN)/dgkd-ablate --variants no_grad_term,minimize_mse
 
-test: $(STAMP)  ## lint and the whole test suite
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint  ## lint, types and the whole test suite
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -26,10 +26,12 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.naive import autograd_dgkd_loss, naive_trial
+from dgkd.config import TrainConfig
 from dgkd.io import atomic_write_text
+from dgkd.loop import build_optimizer, distill_loss
 from dgkd.losses import dgkd_loss, teacher_stats
 from dgkd.models import build_model
-from dgkd.train import TrainConfig, build_optimizer, distill_loss, splits_for, train
+from dgkd.train import splits_for, train
 
 console = Console()
 
@@ -144,7 +146,7 @@ def bench_loss(quick: bool) -> Comparison:
 def _step_fn(
     model, x, logits_t, y, cfg: TrainConfig, cached: bool, clock: dict[str, float] | None = None
 ) -> Callable[[], None]:
-    """One training step as ``dgkd.train.fit`` runs it, with the configured optimizer.
+    """One training step as ``dgkd.loop.fit`` runs it, with the configured optimizer.
 
     ``cached``: the teacher's logits are cached (no augmentation), so dkd/dgkd use the
     precomputed teacher side of the loss, as the trainer does on MNIST-1D. ``clock``, if given,
@@ -377,11 +379,13 @@ import sys, torch
 torch.set_num_threads(1)
 kind = sys.argv[1]
 if kind == "default":
-    from dgkd.train import TrainConfig, train
+    from dgkd.config import TrainConfig
+    from dgkd.train import train
     train(TrainConfig(epochs=int(sys.argv[2]), teacher_epochs=int(sys.argv[3])))
 else:
     from dgkd.models import build_model
-    from dgkd.train import TrainConfig, distill_loss
+    from dgkd.config import TrainConfig
+    from dgkd.loop import distill_loss
     model = build_model("resnet8x4", num_classes=100, input_shape=(3, 32, 32))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     cfg = TrainConfig(method="dgkd")

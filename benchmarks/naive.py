@@ -13,10 +13,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dgkd import metrics
+from dgkd.config import TrainConfig
 from dgkd.data import load_splits
 from dgkd.models import CNN1d, build_model
 from dgkd.teacher import load_teacher
-from dgkd.train import TrainConfig
 
 
 def reference_dkd_terms(

@@ -28,10 +28,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dgkd.config import TrainConfig
 from dgkd.io import atomic_write_json
+from dgkd.loop import DivergedError
 from dgkd.progress import Bar
 from dgkd.stats import CONFIDENCE, N_RESAMPLES, compare_paired, holm, summarize
-from dgkd.train import DivergedError, TrainConfig, train
+from dgkd.train import train
 
 __all__ = [
     "ALPHA",
@@ -614,8 +616,9 @@ def _manifest(
 
 def _prepare_teacher(cfg: TrainConfig, progress: bool) -> None:
     """Train or load the shared teacher once, before cells start, so no cell races for it."""
+    from dgkd.loop import resolve_device
     from dgkd.teacher import load_teacher
-    from dgkd.train import resolve_device, splits_for
+    from dgkd.train import splits_for
 
     splits = splits_for(cfg)
     load_teacher(cfg, splits, device=resolve_device(cfg.device), progress=progress)

@@ -194,7 +194,7 @@ def _better(spec: MetricSpec) -> str:
 
 def describe_base(base: BaseConfig) -> str:
     """One line: where the base config came from and its DGKD settings and changed fields."""
-    from dgkd.train import TrainConfig
+    from dgkd.config import TrainConfig
 
     cfg = base.config
     source = {

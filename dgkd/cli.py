@@ -25,11 +25,11 @@ class UsageError(Exception):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from dgkd.ablate import AblateError
+    from dgkd.config import ConfigError
     from dgkd.images import DatasetMissingError
     from dgkd.search import SearchInputError
     from dgkd.space import SpecError
     from dgkd.teacher import TeacherError
-    from dgkd.train import ConfigError
 
     return (
         UsageError,
@@ -88,7 +88,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
 
     def body() -> int:
-        from dgkd.train import TrainConfig, parse_overrides, train
+        from dgkd.config import TrainConfig, parse_overrides
+        from dgkd.train import train
 
         changes = parse_overrides(args.overrides)
         for name in ("method", "alpha", "beta", "epsilon", "temperature"):
@@ -205,7 +206,7 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             run_ablation,
         )
         from dgkd.ablate_export import describe_base, print_summary
-        from dgkd.train import parse_overrides
+        from dgkd.config import parse_overrides
 
         variants = parse_variants(args.variants)
         base = resolve_base(
@@ -330,8 +331,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if not args.study:
             raise UsageError("--study is required (a name from --list, or a .toml file)")
+        from dgkd.config import parse_overrides
         from dgkd.search import make_options, print_summary, run_search
-        from dgkd.train import parse_overrides
 
         study = load_study(args.study)
         opts = make_options(

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dgkd.config import DATASETS
 from dgkd.io import atomic_write_bytes, cache_dir
 
 __all__ = ["DATASETS", "Splits", "load_splits"]
-
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist1d", "svhn")
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from dgkd.config import TrainConfig
     from dgkd.study import Study
-    from dgkd.train import TrainConfig
 
 __all__ = [
     "BEST_FILE",
@@ -202,7 +202,7 @@ def importances(study: Study, records: Sequence[TrialRecord]) -> dict[str, float
 
 def train_command(cfg: TrainConfig) -> str:
     """The ``dgkd-train`` command that reruns ``cfg`` (every field that differs from default)."""
-    from dgkd.train import TrainConfig
+    from dgkd.config import TrainConfig
 
     default, changed = TrainConfig().to_dict(), []
     for key, value in cfg.to_dict().items():

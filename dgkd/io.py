@@ -7,8 +7,10 @@ and renamed over the target, so a reader (or a crash) only ever sees the old or 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +23,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "cache_dir",
+    "finite_or_none",
+    "json_metrics",
+    "move_aside",
 ]
 
 
@@ -68,3 +73,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` unchanged, except NaN and infinities, which become None (JSON rejects them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics as plain floats, NaN and infinities as None (for JSON files and databases)."""
+    return {key: finite_or_none(float(value)) for key, value in metrics.items()}
+
+
+def move_aside(path: str | os.PathLike) -> Path | None:
+    """Rename ``path`` to ``<path>.old-<timestamp>`` (never delete); None if nothing to move.
+
+    An empty directory counts as nothing to move.
+    """
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+    os.replace(path, target)
+    return target

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgkd.config import MODEL_NAMES, SEQUENCE_MODELS
+
 __all__ = ["MODEL_NAMES", "SEQUENCE_MODELS", "build_model", "count_parameters", "has_width"]
 
 
@@ -284,12 +286,6 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
     "wrn_16_2": (_wrn(16, 2), None),
     "wrn_40_2": (_wrn(40, 2), None),
 }
-
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
-SEQUENCE_MODELS: tuple[str, ...] = (
-    "cnn1d",
-    "mlp",
-)  # take MNIST-1D sequences; the rest 32x32 images
 
 
 def has_width(name: str) -> bool:

@@ -8,11 +8,11 @@ per process by :mod:`dgkd.data` and :mod:`dgkd.teacher`, so a worker pays for th
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 
-from dgkd.train import TrainConfig
+from dgkd.config import TrainConfig
+from dgkd.io import json_metrics as clean_metrics
+from dgkd.runtime import available_cores, set_threads, threads_per_worker
 
 __all__ = ["available_cores", "clean_metrics", "run_trial", "set_threads", "threads_per_worker"]
 
@@ -28,46 +28,8 @@ def run_trial(cfg: TrainConfig, report: Report | None) -> dict[str, float]:
             raise (e.g. ``optuna.TrialPruned``) to stop the run, and the exception propagates.
 
     Raises:
-        dgkd.train.DivergedError: the loss became non-finite (the backend records a failure).
+        dgkd.loop.DivergedError: the loss became non-finite (the backend records a failure).
     """
     from dgkd.train import train
 
     return dict(train(cfg, report=report).metrics)
-
-
-def clean_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
-    """Metrics as plain floats, NaN and infinities as None (JSON and databases reject them)."""
-    out: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        value = float(value)
-        out[key] = value if math.isfinite(value) else None
-    return out
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def threads_per_worker(workers: int) -> int:
-    """Intra-op threads for each of ``workers`` processes: ``max(1, cores // workers)``.
-
-    An explicit ``OMP_NUM_THREADS`` caps it, so a user (or a test) can ask for fewer threads.
-    """
-    threads = max(1, available_cores() // max(1, workers))
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    if cap.isdigit() and int(cap) >= 1:
-        threads = min(threads, int(cap))
-    return threads
-
-
-def set_threads(threads: int) -> int:
-    """Set torch's intra-op thread count; returns the previous value (to restore it)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    return previous

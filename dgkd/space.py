@@ -216,7 +216,7 @@ def load_space(name_or_path: str | Path, *, relative_to: Path | None = None) -> 
 
 def space_from_table(name: str, table: dict[str, Any], source: str) -> Space:
     """Validate a parsed space table (``{param: {key: value}}``) into a :class:`Space`."""
-    from dgkd.train import TrainConfig
+    from dgkd.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     if not table:
@@ -322,7 +322,7 @@ def _numeric(name: str, spec: dict[str, Any], ptype: str, kind: Any, where: str)
 
 def _check_field_type(value: Any, kind: Any, where: str) -> None:
     """A value must convert to the config field's type (strings for lists are allowed)."""
-    from dgkd.train import ConfigError, coerce
+    from dgkd.config import ConfigError, coerce
 
     name = where.split(": ", 1)[-1].split(".")[0]
     if (kind is float and not _is_num(value)) or (kind is int and not isinstance(value, int)):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dgkd.config import ConfigError, TrainConfig, coerce
 from dgkd.space import (
     Space,
     SpecError,
@@ -37,7 +38,6 @@ from dgkd.space import (
     resolve_file,
     space_from_table,
 )
-from dgkd.train import ConfigError, TrainConfig, coerce
 
 __all__ = [
     "DIRECTIONS",

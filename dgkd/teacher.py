@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dgkd.data import Splits
 from dgkd.io import atomic_write_bytes, atomic_write_json, cache_dir
+from dgkd.loop import fit, predict
 from dgkd.models import build_model, has_width
 
 __all__ = ["TeacherBundle", "TeacherError", "load_teacher", "teacher_config", "teacher_key"]
@@ -126,8 +127,6 @@ def load_teacher(
         state, source = _cached_or_trained(cfg, key, splits, device, progress)
         model.load_state_dict(state)
     model = model.to(device).eval().requires_grad_(False)
-    from dgkd.train import predict
-
     kw = {"device": device, "batch_size": cfg.eval_batch_size, "amp": cfg.amp}
     bundle = TeacherBundle(
         model=model,
@@ -186,8 +185,6 @@ def _cached_or_trained(cfg, key: str, splits: Splits, device: torch.device, prog
         state = _load_cached(key)  # another process may have trained it while we waited
         if state is not None:
             return state, "cache"
-        from dgkd.train import fit
-
         tcfg = teacher_config(cfg)
         model, history = fit(tcfg, splits, teacher=None, teacher_train_logits=None, device=device,
                              progress=progress)  # fmt: skip

@@ -14,7 +14,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; inherited by su
 import pytest
 import torch
 
-from dgkd.train import TrainConfig
+from dgkd.config import TrainConfig
 
 torch.set_num_threads(1)
 

@@ -24,8 +24,9 @@ from dgkd.ablate import (
     run_ablation,
     summarize_cells,
 )
+from dgkd.config import TrainConfig
+from dgkd.loop import DivergedError
 from dgkd.teacher import teacher_key
-from dgkd.train import DivergedError, TrainConfig
 
 TINY = {"epochs": 2, "teacher_epochs": 2}
 

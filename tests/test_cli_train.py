@@ -10,7 +10,7 @@ import pytest
 from contracts import FINAL_METRICS
 
 from dgkd.cli import train_main
-from dgkd.train import DivergedError
+from dgkd.loop import DivergedError
 
 TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dgkd.config import TrainConfig
 from dgkd.export import (
     best_record,
     importances,
@@ -20,7 +21,6 @@ from dgkd.export import (
     write_search_outputs,
 )
 from dgkd.study import load_study
-from dgkd.train import TrainConfig
 from dgkd.trials import TrialRecord
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -170,7 +170,7 @@ def test_train_command_reproduces_the_config() -> None:
     assert command.startswith("dgkd-train ")
     assert "--set epsilon=2.5" in command and "--set milestones=3,5" in command
     assert "--set amp=true" in command and "alpha" not in command
-    from dgkd.train import parse_overrides
+    from dgkd.config import parse_overrides
 
     items = [part for part in command.split() if "=" in part]
     assert TrainConfig().replace(**parse_overrides(items)) == cfg

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from dgkd.config import ConfigError, TrainConfig
 from dgkd.study import SpecError, Study, available_studies, load_study
-from dgkd.train import ConfigError, TrainConfig
 
 SHIPPED = (
     "eps_sweep",

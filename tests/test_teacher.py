@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import dgkd.teacher as teacher_mod
+from dgkd.config import TrainConfig
 from dgkd.data import load_splits
 from dgkd.models import build_model
 from dgkd.teacher import TeacherError, load_teacher, teacher_key
-from dgkd.train import TrainConfig, train
+from dgkd.train import train
 
 CPU = torch.device("cpu")
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from dgkd.data import load_splits
 from dgkd.teacher import load_teacher
-from dgkd.train import TrainConfig
+from dgkd.config import TrainConfig
 
 cfg = TrainConfig(**json.loads(sys.argv[1]))
 splits = load_splits(cfg.dataset, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)

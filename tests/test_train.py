@@ -14,18 +14,11 @@ import pytest
 import torch
 from contracts import FINAL_METRICS
 
+from dgkd.config import METHODS, ConfigError, TrainConfig, coerce, parse_overrides
+from dgkd.loop import DivergedError, distill_loss
 from dgkd.losses import dgkd_loss, kd_loss
 from dgkd.teacher import teacher_config
-from dgkd.train import (
-    METHODS,
-    ConfigError,
-    DivergedError,
-    TrainConfig,
-    coerce,
-    distill_loss,
-    parse_overrides,
-    train,
-)
+from dgkd.train import train
 
 SHARES = ("val_acc", "test_acc", "test_agreement", "test_ece", "train_acc", "teacher_test_acc")
 

@@ -38,10 +38,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from dgkd.config import ConfigError
+from dgkd.loop import DivergedError
 from dgkd.objective import clean_metrics, run_trial, set_threads, threads_per_worker
 from dgkd.search import INTERRUPTED, SearchInputError, SearchReporter
 from dgkd.study import Study
-from dgkd.train import ConfigError, DivergedError
 from dgkd.trials import SearchOptions, TrialRecord
 
 if TYPE_CHECKING:

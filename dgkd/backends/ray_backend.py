@@ -222,8 +222,8 @@ def _trial(
     """Train one trial and report to Tune: every epoch but the last, then the final metrics."""
     from ray import tune
 
+    from dgkd.loop import DivergedError
     from dgkd.objective import run_trial, set_threads
-    from dgkd.train import DivergedError
 
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths in the config mean what they mean to the user

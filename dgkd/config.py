@@ -1,0 +1,242 @@
+"""The run configuration: ``TrainConfig``, its validation, and ``--set`` parsing.
+
+Imports no torch, so studies, spaces and every ``--help`` load in a fraction of a second. The
+names of datasets, models and options live here because validation needs them; ``dgkd.data`` and
+``dgkd.models`` build their registries from the same tuples (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DATASETS",
+    "DEVICES",
+    "GRAD_TERMS",
+    "METHODS",
+    "MODEL_NAMES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SEQUENCE_MODELS",
+    "ConfigError",
+    "TrainConfig",
+    "coerce",
+    "field_names",
+    "parse_overrides",
+]
+
+METHODS = ("ce", "kd", "dkd", "dgkd")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "multistep")
+DEVICES = ("auto", "cpu", "cuda")
+GRAD_TERMS = ("normalized", "raw")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist1d", "svhn")
+# Architectures by name (dgkd.models builds them); the sequence models take MNIST-1D, the rest
+# 32x32 images.
+SEQUENCE_MODELS = ("cnn1d", "mlp")
+MODEL_NAMES = tuple(
+    sorted(
+        (
+            *SEQUENCE_MODELS,
+            *(f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)),
+            "resnet8x4",
+            "resnet32x4",
+            "wrn_16_2",
+            "wrn_40_2",
+        )
+    )
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run. Same config, same metrics.
+
+    The defaults are the embedded MNIST-1D setup: a width-64 1-D CNN teacher (~95% test accuracy)
+    and a width-8 student (~61% alone), DKD's alpha/beta/T, and epsilon 6 (the reference default).
+    """
+
+    # --- data ---
+    dataset: str = "mnist1d"  # one of dgkd.data.DATASETS
+    data_root: str = ""  # image datasets' directory; "" = $DGKD_CACHE/data
+    download: bool = False  # let torchvision download missing image files
+    val_fraction: float = 0.1  # share of train held out for validation, in [0, 1)
+    split_seed: int = 0  # seed of the validation split; shared by all runs so trials compare
+    # --- models ---
+    teacher: str = "cnn1d"  # teacher architecture (dgkd.models.MODEL_NAMES)
+    teacher_width: int = 64  # width of a cnn1d/mlp teacher (0 = default); image models ignore it
+    teacher_epochs: int = 60  # epochs of the teacher's own (CE) training
+    teacher_lr: float = 0.0  # teacher learning rate; 0 = same as lr
+    teacher_seed: int = 0  # one teacher per setup, shared by every student seed
+    teacher_checkpoint: str = ""  # state_dict file to load instead of training a teacher
+    student: str = "cnn1d"  # student architecture
+    student_width: int = 8  # width of a cnn1d/mlp student (0 = default); image models ignore it
+    # --- method ---
+    method: str = "dgkd"  # ce | kd | dkd | dgkd
+    alpha: float = 1.0  # TCKD weight (DKD default)
+    beta: float = 8.0  # NCKD weight (DKD default for resnet32x4 -> resnet8x4)
+    epsilon: float = 6.0  # weight of the gradient term; 0 = DKD (reference default 6)
+    temperature: float = 4.0  # distillation temperature T (dkd, dgkd, kd)
+    grad_term: str = "normalized"  # "normalized" = M/stopgrad(M) (reference code), "raw" = M
+    grad_sign: float = -1.0  # -1 maximizes M (the method), +1 minimizes it (ablation)
+    ce_weight: float = 1.0  # weight of cross-entropy on the labels (all methods)
+    kd_weight: float = 1.0  # weight of Hinton's KD term (method kd)
+    warmup: int = 5  # distillation weight = min(epoch / warmup, 1); 0 = no warmup
+    # --- optimization ---
+    optimizer: str = "adam"  # sgd | adam | adamw
+    lr: float = 0.01  # initial learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 (sgd, adam) or decoupled (adamw) weight decay
+    schedule: str = "cosine"  # constant | cosine | multistep, stepped once per epoch
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1  # multistep decay factor
+    epochs: int = 40  # student training epochs
+    batch_size: int = 128  # training batch size
+    # --- runtime ---
+    seed: int = 0  # seeds init, data order and augmentation
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    amp: bool = False  # bfloat16 autocast on CUDA (ignored on the CPU)
+    eval_batch_size: int = 1024  # batch size of evaluation passes
+    # CPU threads for the run, 0 = leave torch's setting (a search then gives each worker
+    # cores // workers). Default 1: MNIST-1D-sized models run fastest on one thread, and float
+    # results then do not depend on how many workers share the machine.
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.milestones, list):
+            object.__setattr__(self, "milestones", tuple(self.milestones))
+        _validate(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated)."""
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config field {unknown[0]!r}; see 'dgkd-train --help'")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(self.milestones)
+        return out
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _validate(cfg: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), hints[f.name]
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            str: isinstance(value, str),
+        }.get(kind, True)
+        if kind == tuple[int, ...]:
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ConfigError(f"{f.name} must be of type {_type_name(kind)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be finite, got {value}")
+
+    def need(ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{name} must be {allowed}, got {getattr(cfg, name)!r}")
+
+    need(cfg.dataset in DATASETS, "dataset", "one of " + ", ".join(DATASETS))
+    need(cfg.teacher in MODEL_NAMES, "teacher", "one of " + ", ".join(MODEL_NAMES))
+    need(cfg.student in MODEL_NAMES, "student", "one of " + ", ".join(MODEL_NAMES))
+    need(cfg.method in METHODS, "method", "one of " + ", ".join(METHODS))
+    sequence_data = cfg.dataset == "mnist1d"
+    for name in ("teacher", "student"):
+        arch = getattr(cfg, name)
+        if (arch in SEQUENCE_MODELS) != sequence_data:
+            kind = "a sequence model (cnn1d, mlp)" if sequence_data else "a 32x32 image model"
+            raise ConfigError(f"{name} {arch!r} does not fit dataset {cfg.dataset!r}: use {kind}")
+    need(cfg.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS))
+    need(cfg.schedule in SCHEDULES, "schedule", "one of " + ", ".join(SCHEDULES))
+    need(cfg.device in DEVICES, "device", "one of " + ", ".join(DEVICES))
+    need(cfg.grad_term in GRAD_TERMS, "grad_term", "'normalized' or 'raw'")
+    need(cfg.grad_sign in (-1.0, 1.0), "grad_sign", "-1 or 1")
+    need(0.0 <= cfg.val_fraction < 1.0, "val_fraction", "in [0, 1)")
+    need(cfg.temperature > 0, "temperature", "> 0")
+    for name in ("alpha", "beta", "epsilon", "ce_weight", "kd_weight", "weight_decay", "momentum"):
+        need(getattr(cfg, name) >= 0, name, ">= 0")
+    need(cfg.lr > 0, "lr", "> 0")
+    need(cfg.teacher_lr >= 0, "teacher_lr", ">= 0 (0 = same as lr)")
+    need(0 < cfg.gamma <= 1, "gamma", "in (0, 1]")
+    for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size"):
+        need(getattr(cfg, name) >= 1, name, ">= 1")
+    for name in ("warmup", "teacher_width", "student_width", "threads"):
+        need(getattr(cfg, name) >= 0, name, ">= 0")
+    need(
+        list(cfg.milestones) == sorted(set(cfg.milestones)) and all(m >= 1 for m in cfg.milestones),
+        "milestones",
+        "increasing positive epochs, e.g. 150,180,210",
+    )
+    need(
+        cfg.schedule != "multistep" or bool(cfg.milestones),
+        "milestones",
+        "set for schedule 'multistep'",
+    )
+
+
+def _type_name(kind: Any) -> str:
+    return "list of ints" if kind == tuple[int, ...] else getattr(kind, "__name__", str(kind))
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings into typed config changes (for ``--set``).
+
+    Booleans accept true/false/1/0/yes/no; milestones a comma-separated list of ints.
+
+    Raises:
+        ConfigError: malformed item, unknown key, or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        if key not in hints:
+            raise ConfigError(
+                f"unknown config field {key!r}; valid fields: {', '.join(field_names())}"
+            )
+        out[key] = coerce(key, raw.strip(), hints[key])
+    return out
+
+
+def coerce(key: str, raw: Any, kind: Any = None) -> Any:
+    """Convert a string (from the command line) or a TOML value to the field's type."""
+    kind = kind or typing.get_type_hints(TrainConfig)[key]
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text in ("true", "1", "yes")
+        if kind == tuple[int, ...]:
+            if isinstance(raw, (list, tuple)):
+                return tuple(int(v) for v in raw)
+            return tuple(int(v) for v in str(raw).split(",") if v.strip())
+        if kind is int and isinstance(raw, float) and not raw.is_integer():
+            raise ValueError
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be of type {_type_name(kind)}, got {raw!r}") from None
