@@ -1,9 +1,74 @@
 """dgkd: hyperparameter search and ablation harness for Decoupled Gradient Knowledge Distillation.
 
-The public entry points are :func:`dgkd.train.train` with :class:`dgkd.train.TrainConfig`, and the
-pure losses in :mod:`dgkd.losses`. Submodules are imported on demand so that the command-line
-tools start fast.
+The public API, importable from here::
+
+    from dgkd import TrainConfig, train, dgkd_loss, load_study, run_search
+
+Names are resolved on first use (PEP 562), so ``import dgkd`` and every ``--help`` stay
+torch-free and fast; a name's module is imported only when it is asked for.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "ConfigError": "dgkd.config",
+    "TrainConfig": "dgkd.config",
+    "parse_overrides": "dgkd.config",
+    "DivergedError": "dgkd.loop",
+    "TrainResult": "dgkd.train",
+    "train": "dgkd.train",
+    "dgkd_loss": "dgkd.losses",
+    "dkd_terms": "dgkd.losses",
+    "grad_terms": "dgkd.losses",
+    "kd_loss": "dgkd.losses",
+    "build_model": "dgkd.models",
+    "Study": "dgkd.study",
+    "load_study": "dgkd.study",
+    "load_space": "dgkd.space",
+}
+
+__all__ = [
+    "ConfigError",
+    "DivergedError",
+    "Study",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "build_model",
+    "dgkd_loss",
+    "dkd_terms",
+    "grad_terms",
+    "kd_loss",
+    "load_space",
+    "load_study",
+    "parse_overrides",
+    "train",
+]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
+    from dgkd.config import ConfigError, TrainConfig, parse_overrides
+    from dgkd.loop import DivergedError
+    from dgkd.losses import dgkd_loss, dkd_terms, grad_terms, kd_loss
+    from dgkd.models import build_model
+    from dgkd.space import load_space
+    from dgkd.study import Study, load_study
+    from dgkd.train import TrainResult, train
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dgkd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

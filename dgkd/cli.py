@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import typing
 from collections.abc import Callable, Sequence
+
+from dgkd.config import METHODS, ConfigError, TrainConfig, parse_overrides
+from dgkd.errors import one_line
 
 __all__ = ["ablate_main", "search_main", "train_main"]
 
@@ -25,7 +27,6 @@ class UsageError(Exception):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from dgkd.ablate import AblateError
-    from dgkd.config import ConfigError
     from dgkd.images import DatasetMissingError
     from dgkd.search import SearchInputError
     from dgkd.space import SpecError
@@ -53,8 +54,7 @@ def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
         if debug:
             raise
         code = EXIT_USAGE if isinstance(exc, _bad_input_types()) else EXIT_FAILURE
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return code
 
 
@@ -69,14 +69,19 @@ def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dgkd-train",
         description="Train one student by distillation and print its final metrics.",
-        epilog="Config fields for --set: see TrainConfig in dgkd/train.py or the README. "
+        epilog="Config fields for --set: docs/configuration.md (TrainConfig in dgkd/config.py). "
         "Example: dgkd-train --method dgkd --epsilon 6 --set seed=1 --set epochs=20",
     )
-    p.add_argument("--method", choices=("ce", "kd", "dkd", "dgkd"), help="default: dgkd")
-    p.add_argument("--alpha", type=float, help="TCKD weight (default 1.0)")
-    p.add_argument("--beta", type=float, help="NCKD weight (default 8.0)")
-    p.add_argument("--epsilon", type=float, help="gradient-term weight (default 6.0; 0 = DKD)")
-    p.add_argument("--temperature", type=float, help="distillation temperature (default 4.0)")
+    d = TrainConfig()  # the defaults, written once there
+    p.add_argument("--method", choices=METHODS, help=f"default: {d.method}")
+    p.add_argument("--alpha", type=float, help=f"TCKD weight (default {d.alpha:g})")
+    p.add_argument("--beta", type=float, help=f"NCKD weight (default {d.beta:g})")
+    p.add_argument(
+        "--epsilon", type=float, help=f"gradient-term weight (default {d.epsilon:g}; 0 = DKD)"
+    )
+    p.add_argument(
+        "--temperature", type=float, help=f"distillation temperature (default {d.temperature:g})"
+    )
     _add_set(p, "override any config field, repeatable (e.g. --set student=mlp --set epochs=20)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -88,7 +93,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
 
     def body() -> int:
-        from dgkd.config import TrainConfig, parse_overrides
+        from dgkd.io import json_metrics
         from dgkd.train import train
 
         changes = parse_overrides(args.overrides)
@@ -98,17 +103,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         cfg = TrainConfig().replace(**changes)
         result = train(cfg, progress=not args.json and sys.stderr.isatty())
         if args.json:
-            print(json.dumps({"config": cfg.to_dict(), "metrics": _jsonable(result.metrics)}))
+            print(json.dumps({"config": cfg.to_dict(), "metrics": json_metrics(result.metrics)}))
         else:
             _print_metrics(cfg, result.metrics)
         return EXIT_OK
 
     return run_guarded("dgkd-train", args.debug, body)
-
-
-def _jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
-    """JSON has no NaN: a missing value becomes null."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def _print_metrics(cfg, metrics: dict[str, float]) -> None:
@@ -132,19 +132,23 @@ def _print_metrics(cfg, metrics: dict[str, float]) -> None:
 
 
 def _ablate_parser() -> argparse.ArgumentParser:
+    from dgkd.ablate.options import BACKENDS, OUT_DIR, SEEDS  # torch-free: --help stays fast
+    from dgkd.ablate.variants import REFERENCE, VARIANTS
+
+    names = ", ".join(f"{v} (always included)" if v == REFERENCE else v for v in VARIANTS)
     p = argparse.ArgumentParser(
         prog="dgkd-ablate",
         description="Run DGKD ablation variants on paired seeds and export tables with "
         "bootstrap CIs and Holm-corrected paired tests.",
-        epilog="Variants: full (always included), no_grad_term, minimize_mse, raw_mse, kd, ce, "
-        "tckd_only, nckd_only. Results: <out>/ablate/<name>/ (runs.csv, summary.csv, summary.md, "
-        "config.json, ablation.png). Example: dgkd-ablate --variants no_grad_term,minimize_mse",
+        epilog=f"Variants: {names}. Results: <out>/ablate/<name>/ (runs.csv, summary.csv, "
+        "summary.md, config.json, ablation.png). "
+        "Example: dgkd-ablate --variants no_grad_term,minimize_mse",
     )
     p.add_argument(
         "--variants",
         default="all",
         metavar="A,B,...",
-        help="comma-separated variants, or 'all' (default: all); full is always included",
+        help=f"comma-separated variants, or 'all' (default: all); {REFERENCE} is always included",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--study", metavar="NAME", help="use the study's base config (no search)")
@@ -157,7 +161,11 @@ def _ablate_parser() -> argparse.ArgumentParser:
         help="Optuna storage of --from-study (default: the journal <out>/<study>/journal.log)",
     )
     p.add_argument(
-        "--seeds", type=int, default=5, metavar="N", help="seeds 0..N-1 per variant (default 5)"
+        "--seeds",
+        type=int,
+        default=SEEDS,
+        metavar="N",
+        help=f"seeds 0..N-1 per variant (default {SEEDS})",
     )
     p.add_argument(
         "--workers",
@@ -165,14 +173,19 @@ def _ablate_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="parallel processes (local, default 1) or cells in flight (ray, default: all)",
     )
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="default: local")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=BACKENDS[0], help=f"default: {BACKENDS[0]}"
+    )
     p.add_argument(
         "--address",
-        help="Ray cluster address (default: RAY_ADDRESS, else a cluster started here with "
-        "'ray start', else a new local one; 'local' always starts a new one)",
+        metavar="RAY_ADDRESS",
+        help="Ray cluster to join (--backend ray; default: RAY_ADDRESS or a new local cluster; "
+        "'auto' joins the one 'ray start' started on this machine)",
     )
     _add_set(p, "override a field of the base config, repeatable (e.g. --set epochs=20)")
-    p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
+    p.add_argument(
+        "--out", default=OUT_DIR, metavar="DIR", help=f"results root (default: {OUT_DIR})"
+    )
     p.add_argument(
         "--name",
         help="results directory under <out>/ablate/ (default: 'default', the study's name, "
@@ -192,33 +205,22 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        if args.seeds < 1:
-            raise UsageError(f"--seeds must be >= 1 (5 or more for CIs), got {args.seeds}")
-        if args.workers is not None and args.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {args.workers}")
         from pathlib import Path
 
         from dgkd.ablate import (
             AblationOptions,
+            describe_base,
             parse_variants,
             preflight,
+            print_summary,
             resolve_base,
             run_ablation,
         )
-        from dgkd.ablate_export import describe_base, print_summary
         from dgkd.config import parse_overrides
 
-        variants = parse_variants(args.variants)
-        base = resolve_base(
-            study=args.study,
-            from_study=args.from_study,
-            storage=args.storage,
-            overrides=parse_overrides(args.overrides),
-            out_dir=args.out,
-        )
         tty = sys.stderr.isatty()
         opts = AblationOptions(
-            variants=variants,
+            variants=parse_variants(args.variants),
             seeds=args.seeds,
             workers=args.workers,
             backend=args.backend,
@@ -229,6 +231,13 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             progress=tty and not args.quiet,
             log=None if tty or args.quiet else (lambda line: print(line, file=sys.stderr)),
             argv=tuple(argv),
+        )
+        base = resolve_base(
+            study=args.study,
+            from_study=args.from_study,
+            storage=args.storage,
+            overrides=parse_overrides(args.overrides),
+            out_dir=args.out,
         )
         plan = preflight(base, opts)  # every bad input is refused before anything is printed
         print(describe_base(base), file=sys.stderr)
@@ -258,6 +267,11 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _search_parser() -> argparse.ArgumentParser:
+    from dgkd.search.records import option_default  # light: no torch, no search library
+    from dgkd.search.registry import backend_names
+
+    backend = option_default("backend")
+    backends = " or ".join(f"{n} (default)" if n == backend else n for n in backend_names())
     p = _OneLineParser(
         prog="dgkd-search",
         description="Search a study's hyperparameters with Optuna (default) or Ray Tune. "
@@ -277,11 +291,10 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
         metavar="N",
-        help="processes sharing the storage (optuna backend; default 1)",
+        help=f"processes sharing the storage (optuna backend; default {option_default('workers')})",
     )
-    p.add_argument("--backend", default="optuna", metavar="NAME", help="optuna (default) or ray")
+    p.add_argument("--backend", metavar="NAME", help=backends)
     p.add_argument(
         "--storage",
         metavar="URL",
@@ -293,12 +306,17 @@ def _search_parser() -> argparse.ArgumentParser:
         metavar="RAY_ADDRESS",
         help="Ray cluster to join (ray backend; default: RAY_ADDRESS or a new local cluster)",
     )
-    p.add_argument("--cpus-per-trial", type=float, metavar="N", help="ray backend (default 1)")
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        metavar="N",
+        help=f"ray backend (default {option_default('cpus_per_trial'):g})",
+    )
     p.add_argument(
         "--gpus-per-trial",
         type=float,
         metavar="F",
-        help="ray backend, fractions allowed (default 0)",
+        help=f"ray backend, fractions allowed (default {option_default('gpus_per_trial'):g})",
     )
     p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
     p.add_argument(
@@ -332,7 +350,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         if not args.study:
             raise UsageError("--study is required (a name from --list, or a .toml file)")
         from dgkd.config import parse_overrides
-        from dgkd.search import make_options, print_summary, run_search
+        from dgkd.search import TrialState, make_options, print_summary, run_search
 
         study = load_study(args.study)
         opts = make_options(
@@ -351,8 +369,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         )
         records = run_search(study, opts)
         print_summary(study, records, opts)
-        failed = [r for r in records if r.state == "FAIL"]
-        if failed and not any(r.state == "COMPLETE" for r in records):
+        failed = [r for r in records if r.state == TrialState.FAIL]
+        if failed and not any(r.state == TrialState.COMPLETE for r in records):
             first = failed[0]
             raise RuntimeError(f"no trial completed; trial {first.number}: {first.fail_reason}")
         return EXIT_OK

@@ -18,6 +18,7 @@ __all__ = [
     "DATASETS",
     "DEVICES",
     "GRAD_TERMS",
+    "LOSS_FIELDS",
     "METHODS",
     "MODEL_NAMES",
     "OPTIMIZERS",
@@ -31,6 +32,18 @@ __all__ = [
 ]
 
 METHODS = ("ce", "kd", "dkd", "dgkd")
+# Loss settings and the methods whose loss reads them: under any other method a value changes
+# nothing, so searching it wastes trials (studies refuse that).
+LOSS_FIELDS: dict[str, tuple[str, ...]] = {
+    "alpha": ("dkd", "dgkd"),
+    "beta": ("dkd", "dgkd"),
+    "temperature": ("kd", "dkd", "dgkd"),
+    "warmup": ("kd", "dkd", "dgkd"),
+    "epsilon": ("dgkd",),
+    "grad_sign": ("dgkd",),
+    "grad_term": ("dgkd",),
+    "kd_weight": ("kd",),
+}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 DEVICES = ("auto", "cpu", "cuda")

@@ -57,6 +57,8 @@ class Splits:
         if train and self.augment:
             from dgkd.images import augment_crop_flip
 
+            if generator is None:
+                raise ValueError("augmented training batches need the run's generator")
             x = augment_crop_flip(x, generator=generator)
         return x
 
@@ -89,7 +91,7 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     data = make_dataset(args)
     arrays = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
     atomic_write_bytes(path, buf.getvalue())
     return arrays
 
@@ -126,7 +128,10 @@ def load_splits(
         y = torch.from_numpy(arr["y"]).long()
         test_x = torch.from_numpy(arr["x_test"]).float()
         test_y = torch.from_numpy(arr["y_test"]).long()
-        num_classes, shape, mean, std, augment = 10, (x.shape[1],), (), (), False
+        num_classes, augment = 10, False
+        shape: tuple[int, ...] = (x.shape[1],)
+        mean: tuple[float, ...] = ()
+        std: tuple[float, ...] = ()
     else:
         from dgkd.images import load_image_dataset
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
 __all__ = ["Bar"]
 
 
@@ -11,7 +16,8 @@ class Bar:
 
     def __init__(self, enabled: bool, label: str, total: int, *, completed: int = 0) -> None:
         self.enabled, self.label, self.total, self.completed = enabled, label, total, completed
-        self._progress = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> Bar:
         if self.enabled:
@@ -25,7 +31,7 @@ class Bar:
                 TimeRemainingColumn,
             )
 
-            self._progress = Progress(
+            progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -35,17 +41,18 @@ class Bar:
                 console=Console(stderr=True),
                 transient=True,
             )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(
+            progress.__enter__()
+            self._task = progress.add_task(
                 self.label, total=self.total, completed=self.completed, info=""
             )
+            self._progress = progress
         return self
 
     def advance(self, info: str = "") -> None:
         """One more step done; ``info`` replaces the free-text field."""
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=1, info=info)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)

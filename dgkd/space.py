@@ -87,12 +87,19 @@ class Param:
             return [self.value]
         if self.type == "categorical":
             return list(self.choices)
+        low, high = self._range()
         if self.type == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            return list(range(int(low), int(high) + 1, int(self.step or 1)))
         if self.step is None:
             return None
-        n = round((self.high - self.low) / self.step)
-        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+        n = round((high - low) / self.step)
+        return [round(low + i * self.step, 12) for i in range(n + 1)]
+
+    def _range(self) -> tuple[float | int, float | int]:
+        """``(low, high)`` of a float or int parameter (loading guarantees both are set)."""
+        if self.low is None or self.high is None:
+            raise SpecError(f"{self.name}: a float or int parameter needs low and high")
+        return self.low, self.high
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a point of this parameter's range (for enqueued trials)."""
@@ -104,10 +111,11 @@ class Param:
             return False
         if self.type == "int" and not float(value).is_integer():
             return False
-        if not self.low <= value <= self.high:
+        low, high = self._range()
+        if not low <= value <= high:
             return False
         if self.step is not None:
-            k = (value - self.low) / self.step
+            k = (value - low) / self.step
             return abs(k - round(k)) < 1e-8
         return True
 
@@ -147,7 +155,9 @@ class Space:
     def grid(self) -> dict[str, list[Any]] | None:
         """The grid sampler's search space, or None when a searched float has no ``step``."""
         grid = {p.name: p.grid() for p in self.searched()}
-        return None if any(v is None for v in grid.values()) else grid
+        return (
+            {k: v for k, v in grid.items() if v is not None} if None not in grid.values() else None
+        )
 
     def __getitem__(self, name: str) -> Param:
         for p in self.params:

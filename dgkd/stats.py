@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats as sps
 
 __all__ = [
@@ -67,13 +68,13 @@ class PairedComparison:
     p_improve: float
 
 
-def _clean(values: Sequence[float]) -> np.ndarray:
+def _clean(values: ArrayLike) -> np.ndarray:
     arr = np.asarray(values, dtype=float)
     return arr[np.isfinite(arr)]
 
 
 def bootstrap_ci(
-    values: Sequence[float],
+    values: ArrayLike,
     *,
     seed: int = 0,
     n_resamples: int = N_RESAMPLES,
@@ -134,7 +135,7 @@ def paired_test(variant: Sequence[float], reference: Sequence[float]) -> float:
 
 
 def probability_of_improvement(
-    variant: Sequence[float], reference: Sequence[float], *, higher_is_better: bool = True
+    variant: ArrayLike, reference: ArrayLike, *, higher_is_better: bool = True
 ) -> float:
     """P(a random variant seed beats a random reference seed), ties counting one half.
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgkd.config import ConfigError, TrainConfig, coerce
+from dgkd.config import LOSS_FIELDS, ConfigError, TrainConfig, coerce
 from dgkd.space import (
     Space,
     SpecError,
@@ -121,6 +121,9 @@ class Study:
                 f"{taken[0]} is set by the study's search space ({self.space.source}); "
                 "use another study or edit its space instead of --set"
             )
+        reason = _ineffective(self.space, {**self.base, **overrides})
+        if reason is not None:
+            raise ConfigError(f"--set method={overrides.get('method')}: {reason}")
         return self.config(_representative(self.space), overrides)
 
     def replace(self, **changes: Any) -> Study:
@@ -188,6 +191,9 @@ def load_study(name_or_path: str | Path) -> Study:
         raise SpecError(f"{src}: space: must be a space name, a path or a table")
 
     base = _base(get("base", dict, {}), space, src)
+    reason = _ineffective(space, base)
+    if reason is not None:
+        raise SpecError(f"{src}: {reason}")
     if pruner != "none" and metric not in EPOCH_METRICS:
         raise SpecError(
             f"{src}: pruner: {metric} is measured only at the end of a trial, so it cannot "
@@ -245,6 +251,29 @@ def _base(table: dict[str, Any], space: Space, src: str) -> dict[str, Any]:
     return out
 
 
+def _ineffective(space: Space, base: dict[str, Any]) -> str | None:
+    """Why a searched loss setting has no effect under every method the study can run, if so.
+
+    E.g. epsilon searched while the method is dkd: every trial would train the same loss.
+    """
+    fixed = space.fixed_values()
+    if "method" in fixed:
+        methods: tuple[Any, ...] = (fixed["method"],)
+    elif any(p.name == "method" for p in space.searched()):
+        methods = space["method"].choices
+    else:
+        methods = (base.get("method", TrainConfig.method),)
+    for p in space.searched():
+        used_by = LOSS_FIELDS.get(p.name)
+        if used_by is not None and not set(methods) & set(used_by):
+            return (
+                f"{p.name}: searched by space {space.source}, but method "
+                f"{', '.join(map(str, methods))} ignores it (it applies to {', '.join(used_by)}); "
+                "set base.method or search another space"
+            )
+    return None
+
+
 def _enqueue(items: list[Any], space: Space, src: str) -> tuple[dict[str, Any], ...]:
     searched = {p.name: p for p in space.searched()}
     out = []
@@ -268,7 +297,8 @@ def _representative(space: Space) -> dict[str, Any]:
 
 def _check_space_configs(study: Study) -> None:
     """Every bound and choice must make a valid config with the study's base (bad bounds)."""
-    for p in study.space.params:
+    # Fixed values first: every other check applies them, so a bad one is named by its own key.
+    for p in sorted(study.space.params, key=lambda p: not p.fixed):
         values = [p.value] if p.fixed else list(p.choices) or [p.low, p.high]
         point = _representative(study.space)
         for value in values:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.__main__ import main
+import pytest
+import torch
+
+from benchmarks import memory, profile, search, trial
+from benchmarks.__main__ import COMPARISONS, main
+from benchmarks.report import Comparison, Row, markdown
 
 
 def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
@@ -55,3 +60,40 @@ def test_cuda_runs_only_the_loss_and_step_comparisons(tmp_path: Path, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "add --only loss steps" in err[0]
     assert not out.exists()
+
+
+def test_every_comparison_is_a_module_taking_the_device() -> None:
+    assert list(COMPARISONS) == ["loss", "steps", "trial", "memory", "profile", "search"]
+    for name, run in COMPARISONS.items():
+        assert run.__module__ == f"benchmarks.{name}"
+
+
+@pytest.mark.parametrize("module", [trial, memory, profile])
+def test_cpu_comparisons_refuse_another_device(module) -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        module.run(torch.device("cuda"), quick=True)
+
+
+def test_search_times_the_packaged_study() -> None:
+    from dgkd.study import load_study
+
+    assert load_study(search.STUDY).name == "eps_sweep"
+
+
+def test_markdown_keeps_the_report_format() -> None:
+    comp = Comparison("T", rows=[Row("a", [0.002, 0.001, 0.003])], notes=["n"])
+    comp.ratio("r", 2.0, ">= 2x")
+    assert markdown(comp).split("\n") == [
+        "### T",
+        "",
+        "| case | median (min-max) |",
+        "|---|---|",
+        "| a | 2 ms (1-3) |",
+        "",
+        "| ratio | value | target |",
+        "|---|---|---|",
+        "| r | 2.00x | >= 2x |",
+        "",
+        "- n",
+        "",
+    ]

@@ -1,0 +1,52 @@
+"""How to run an ablation (the ``dgkd-ablate`` flags), with every default written here once.
+
+Torch-free, so the command line can show these defaults in ``--help`` without loading torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgkd.ablate.errors import AblateError
+from dgkd.ablate.variants import VARIANTS
+
+__all__ = ["BACKENDS", "OUT_DIR", "SEEDS", "AblationOptions"]
+
+SEEDS = 5  # seeds per variant: the fewest that give a confidence interval worth reading
+BACKENDS = ("local", "ray")  # local: this process or a process pool; ray: Ray tasks
+OUT_DIR = "runs"  # results root; an ablation writes to <OUT_DIR>/ablate/<name>/
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    """How to run an ablation, independent of the base config; validated on creation.
+
+    Raises:
+        AblateError: a bad count, an unknown backend, or an address without the Ray backend.
+    """
+
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seeds: int = SEEDS  # cells run on seeds 0 .. seeds-1
+    workers: int | None = None  # local: processes (default 1); ray: cells in flight (default all)
+    backend: str = BACKENDS[0]
+    address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a new local cluster
+    out_dir: Path = Path(OUT_DIR)  # results go to <out_dir>/ablate/<name>/
+    name: str | None = None  # None = BaseConfig.default_name
+    fresh: bool = False  # move an existing directory of this name aside first
+    progress: bool = False  # rich progress bar on stderr
+    log: Callable[[str], None] | None = None  # plain progress lines (when not a terminal)
+    argv: tuple[str, ...] = ()  # the command line, recorded in config.json
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise AblateError(
+                f"--seeds must be >= 1 ({SEEDS} or more for a CI worth reading), got {self.seeds}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise AblateError(f"--workers must be >= 1, got {self.workers}")
+        if self.backend not in BACKENDS:
+            raise AblateError(f"--backend must be {' or '.join(BACKENDS)}, got {self.backend!r}")
+        if self.address and self.backend != "ray":
+            raise AblateError("--address is for --backend ray; add --backend ray or drop it")

@@ -1,0 +1,70 @@
+"""The ablation's figure: each variant's mean with its CI and the seeds' values, per metric."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from dgkd.ablate.result import AblationResult
+from dgkd.ablate.summary import METRICS
+from dgkd.ablate.variants import REFERENCE
+
+__all__ = ["PLOT_FILE", "plot_png"]
+
+PLOT_FILE = "ablation.png"
+
+
+def plot_png(result: AblationResult) -> bytes:
+    """Each variant's mean with its 95% CI and the seeds' values, one panel per metric."""
+    from matplotlib.figure import Figure
+
+    from dgkd.stats import CONFIDENCE
+
+    rows = result.summary
+    names = [r["variant"] for r in rows]
+    by = {(c.variant, c.seed): c for c in result.cells}
+    fig = Figure(figsize=(13, 1.2 + 0.45 * len(names) * 2), layout="constrained")
+    axes = fig.subplots(2, 3, sharey=True).ravel()
+    for ax, spec in zip(axes, METRICS.values(), strict=True):
+        scale = 100.0 if spec.percent else 1.0
+        m = spec.name
+        for i, row in enumerate(rows):
+            y = len(rows) - 1 - i
+            seeds = [
+                by[(row["variant"], s)].value(m) * scale
+                for s in result.seeds
+                if (row["variant"], s) in by
+            ]
+            ax.plot(seeds, [y - 0.2] * len(seeds), "o", color="0.6", ms=3, zorder=1)
+            mean = row[f"{m}_mean"] * scale
+            if math.isfinite(mean):
+                low, high = row[f"{m}_ci_low"] * scale, row[f"{m}_ci_high"] * scale
+                err = [[mean - low], [high - mean]] if math.isfinite(low) else None
+                color = "C3" if row["variant"] == REFERENCE else "C0"
+                ax.errorbar([mean], [y], xerr=err, fmt="o", color=color, capsize=3, zorder=2)
+            if row["diverged"]:
+                ax.annotate(
+                    f"{row['diverged']} diverged",
+                    (1.0, y),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                    color="C1",
+                )
+        ref = rows[0][f"{m}_mean"] * scale
+        if math.isfinite(ref):
+            ax.axvline(ref, color="C3", ls="--", lw=0.8, zorder=0)
+        arrow = "↑" if spec.higher_is_better else "↓"
+        ax.set_title(f"{spec.label}{spec.unit} {arrow}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), list(reversed(names)))
+    axes[3].set_yticks(range(len(names)), list(reversed(names)))
+    fig.suptitle(
+        f"ablation {result.name}: mean and {CONFIDENCE:.0%} bootstrap CI over "
+        f"{len(result.seeds)} seeds (grey: single seeds; dashed: full)",
+        fontsize=11,
+    )
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()

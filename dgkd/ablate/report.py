@@ -1,0 +1,275 @@
+"""The ablation in words and tables: the base config line, the claims, markdown, the terminal.
+
+Numbers are shown with three significant digits of the reference mean (two decimals for
+percentages), missing values as a dash, and differences signed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dgkd.ablate.base import BaseConfig
+from dgkd.ablate.claims import ALPHA, Claim
+from dgkd.ablate.result import AblationResult
+from dgkd.ablate.summary import METRICS, MetricSpec
+from dgkd.ablate.variants import REFERENCE
+from dgkd.config import TrainConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console, JustifyMethod
+
+__all__ = ["claim_sentences", "describe_base", "print_summary", "summary_markdown"]
+
+DASH = "—"
+# The claims' topics as sentence heads.
+_TOPIC_WORDS = {
+    "accuracy": "Accuracy",
+    "fidelity": "Fidelity",
+    "calibration": "Calibration",
+    "compactness": "Class compactness (neural collapse)",
+}
+# Shown in the base config line whatever their values.
+_SHOWN = ("method", "alpha", "beta", "epsilon", "temperature", "grad_term", "grad_sign", "seed")
+
+
+# --- number formatting -------------------------------------------------------------------------
+
+
+def _decimals(spec: MetricSpec, summary: Sequence[Mapping[str, Any]]) -> int:
+    """Decimals showing three significant digits of the reference mean (2 for percentages)."""
+    if spec.percent:
+        return 2
+    ref = next((r[f"{spec.name}_mean"] for r in summary if r["variant"] == REFERENCE), math.nan)
+    if not math.isfinite(ref) or ref == 0:
+        return 4
+    return max(0, 2 - math.floor(math.log10(abs(ref))))
+
+
+def _num(v: float | None, spec: MetricSpec, decimals: int, *, signed: bool = False) -> str:
+    if v is None or not math.isfinite(v):
+        return DASH
+    v = v * 100 if spec.percent else v
+    return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
+
+
+def _p(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return DASH
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _n(row: Mapping[str, Any]) -> str:
+    return f"{row['n']} ({row['diverged']} diverged)" if row["diverged"] else str(row["n"])
+
+
+def _cells(row: Mapping[str, Any], spec: MetricSpec, dec: int) -> dict[str, str]:
+    """One summary row's numbers for one metric, formatted for a table."""
+    m = spec.name
+    ci = (
+        f"[{_num(row[f'{m}_ci_low'], spec, dec)}, {_num(row[f'{m}_ci_high'], spec, dec)}]"
+        if math.isfinite(row[f"{m}_ci_low"])
+        else DASH
+    )
+    mean = _num(row[f"{m}_mean"], spec, dec)
+    if math.isfinite(row[f"{m}_std"]):
+        mean += f" ± {_num(row[f'{m}_std'], spec, dec)}"
+    if row["variant"] == REFERENCE or not math.isfinite(row[f"{m}_delta"]):
+        delta = DASH if row["variant"] != REFERENCE else "(reference)"
+    else:
+        delta = _num(row[f"{m}_delta"], spec, dec, signed=True)
+        if math.isfinite(row[f"{m}_delta_ci_low"]):
+            low = _num(row[f"{m}_delta_ci_low"], spec, dec, signed=True)
+            high = _num(row[f"{m}_delta_ci_high"], spec, dec, signed=True)
+            delta += f" [{low}, {high}]"
+    improve = row[f"{m}_p_improve"]
+    return {
+        "mean": mean,
+        "ci": ci,
+        "delta": delta,
+        "p": _p(row[f"{m}_p"]),
+        "p_holm": _p(row[f"{m}_p_holm"]),
+        "improve": f"{improve:.2f}" if math.isfinite(improve) else DASH,
+    }
+
+
+def _v(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def describe_base(base: BaseConfig) -> str:
+    """One line: where the base config came from and its DGKD settings and changed fields."""
+    cfg = base.config
+    source = {
+        "default": "defaults",
+        "study": f"study {base.study} (base, no search)",
+        "from-study": f"study {base.study}, best trial",
+    }[base.source]
+    if base.overrides:
+        source += " + " + " ".join(f"{k}={_v(v)}" for k, v in base.overrides.items())
+    method = (
+        f"dgkd alpha={cfg.alpha:g} beta={cfg.beta:g} epsilon={cfg.epsilon:g} "
+        f"T={cfg.temperature:g} grad_term={cfg.grad_term} grad_sign={cfg.grad_sign:+g}"
+    )
+    shown = {*_SHOWN, *base.overrides}
+    defaults = TrainConfig().to_dict()
+    changed = [
+        f"{k}={_v(v)}" for k, v in cfg.to_dict().items() if k not in shown and v != defaults[k]
+    ]
+    text = f"base config [{base.hash}] from {source}: {method}"
+    return text + (f"; also differs from defaults in {' '.join(changed)}" if changed else "")
+
+
+def claim_sentences(claims: Sequence[Claim]) -> list[str]:
+    """Each claim of DGKD over DKD (full vs no_grad_term) in plain words, with the numbers."""
+    out = []
+    for c in claims:
+        spec = METRICS[c.metric]
+        head = f"{_TOPIC_WORDS[c.topic]}, {spec.label} ({spec.direction})"
+        if c.verdict == "not checked":
+            out.append(f"{head}: not checked ({c.note}).")
+            continue
+        dec = 2 if spec.percent else max(0, 2 - math.floor(math.log10(max(abs(c.delta), 1e-12))))
+        unit = " pts" if spec.percent else ""
+        numbers = (
+            f"full - no_grad_term = {_num(c.delta, spec, dec, signed=True)}{unit} "
+            f"(95% CI {_num(c.ci_low, spec, dec, signed=True)} to "
+            f"{_num(c.ci_high, spec, dec, signed=True)}; paired t-test p = {_p(c.p)}, "
+            f"Holm {_p(c.p_holm)}; {c.n_pairs} seed pairs)"
+        )
+        word = ("higher" if c.delta > 0 else "lower") if c.delta != 0 else "equal"
+        if c.verdict == "supported":
+            text = (
+                f"DGKD is better than DKD here, {word} beyond the CI: {numbers}. "
+                "The claim holds on this setup."
+            )
+        elif c.verdict == "opposite":
+            text = (
+                f"DGKD is worse than DKD here, {word} beyond the CI: {numbers}. "
+                "The claim fails on this setup."
+            )
+        elif c.verdict == "inconclusive":
+            text = (
+                f"inconclusive, the bootstrap CI and the Holm-corrected paired t-test disagree "
+                f"at the {ALPHA:.0%} level: {numbers}. Run more seeds to decide."
+            )
+        else:
+            text = (
+                f"no difference beyond seed noise, the CI contains zero: {numbers}. "
+                "The claim is not supported on this setup."
+            )
+        out.append(f"{head}: {text}")
+    return out
+
+
+def summary_markdown(result: AblationResult) -> str:
+    """The ablation as markdown: how to read it, one table per metric, the claims."""
+    from dgkd.stats import CONFIDENCE, N_RESAMPLES
+
+    rows = result.summary
+    seeds = result.seeds
+    cells = result.cells
+    diverged = sum(c.status == "diverged" for c in cells)
+    lines = [
+        f"# Ablation `{result.name}`",
+        "",
+        describe_base(result.base) + ".",
+        "",
+        f"{len(result.variants)} variants x {len(seeds)} seeds "
+        f"({seeds[0]}-{seeds[-1]}) = {len(cells)} runs"
+        + (f", {diverged} diverged" if diverged else "")
+        + f"; every variant ran on the same seeds, validation split and teacher "
+        f"(`{cells[0].teacher_key}`). Final-epoch metrics.",
+        "",
+        f"How to read: mean ± std (ddof 1) over seeds; {CONFIDENCE:.0%} CI = percentile "
+        f"bootstrap of the mean ({N_RESAMPLES:,} resamples, seeded); Δ = variant - full, paired "
+        "by seed, with its bootstrap CI; p = two-sided paired t-test on the seed pairs, Holm = "
+        "Holm-corrected across the variants of that metric; P(better) = probability that a "
+        "seed of the variant beats a seed of full (Mann-Whitney U / n²; 0.5 = no difference). "
+        "n counts finished runs; diverged runs are counted, not averaged.",
+        "",
+        "## The seed's claims: full (DGKD) vs no_grad_term (DKD)",
+        "",
+        *[f"- {s}" for s in claim_sentences(result.claims)],
+        "",
+    ]
+    for spec in METRICS.values():
+        dec = _decimals(spec, rows)
+        lines += [
+            f"## {spec.label[0].upper() + spec.label[1:]}{spec.unit}, {spec.direction}",
+            "",
+            "| variant | what changes | n | mean ± std | 95% CI | Δ vs full [95% CI] "
+            "| p | p (Holm) | P(better) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            c = _cells(row, spec, dec)
+            lines.append(
+                f"| {row['variant']} | {row['description']} | {_n(row)} | {c['mean']} | "
+                f"{c['ci']} | {c['delta']} | {c['p']} | {c['p_holm']} | {c['improve']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def print_summary(result: AblationResult, console: Console | None = None) -> None:
+    """Rich tables of the summary (test accuracy in full, then the claim metrics) and claims."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or pipe: do not squeeze the tables into 80
+            console.width = max(console.width, 130)
+    rows = result.summary
+    spec = METRICS["test_acc"]
+    dec = _decimals(spec, rows)
+    table = Table(
+        title=f"ablation {result.name}: test accuracy (%), {len(result.seeds)} paired seeds",
+        caption="Δ = variant - full paired by seed; p = paired t-test, Holm-corrected; "
+        "P(better) = P(variant seed beats full seed)",
+    )
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("variant", "left"),
+        ("n", "right"),
+        ("mean ± std", "right"),
+        ("95% CI", "right"),
+        ("Δ vs full [95% CI]", "right"),
+        ("p (Holm)", "right"),
+        ("P(better)", "right"),
+    )
+    for col, just in columns:
+        table.add_column(col, justify=just)
+    for row in rows:
+        c = _cells(row, spec, dec)
+        table.add_row(
+            row["variant"], _n(row), c["mean"], c["ci"], c["delta"], c["p_holm"], c["improve"]
+        )
+    console.print(table)
+
+    others = [METRICS[m] for m in ("test_agreement", "test_kl_to_teacher", "test_ece", "train_nc1")]
+    table = Table(title="claim metrics: mean ± std, then Δ vs full (Holm p)")
+    table.add_column("variant")
+    for s in others:
+        arrow = "↑" if s.higher_is_better else "↓"
+        table.add_column(f"{s.name}{s.unit} {arrow}", justify="right")
+    decs = {s.name: _decimals(s, rows) for s in others}
+    for row in rows:
+        values = []
+        for s in others:
+            c = _cells(row, s, decs[s.name])
+            delta = c["delta"].split(" [")[0]
+            values.append(
+                c["mean"] + ("" if row["variant"] == REFERENCE else f"\nΔ {delta} ({c['p_holm']})")
+            )
+        table.add_row(row["variant"], *values)
+    console.print(table)
+    console.print("[bold]The seed's claims, full (DGKD) vs no_grad_term (DKD):[/bold]")
+    for sentence in claim_sentences(result.claims):
+        console.print(f"- {sentence}", highlight=False)

@@ -1,0 +1,152 @@
+"""Run (or finish) an ablation: lock its directory, run the pending cells, write the outputs.
+
+An ablation resolves one base configuration, derives each variant from it, and runs every
+(variant, seed) cell on the same seeds, split and teacher. Each finished cell is stored at once,
+so an interrupted ablation resumes where it stopped; tables are written only when every cell is
+done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dgkd.ablate.base import BaseConfig
+from dgkd.ablate.cells import Cell, CellResult
+from dgkd.ablate.claims import check_claims
+from dgkd.ablate.errors import AblateError
+from dgkd.ablate.executors import execute
+from dgkd.ablate.export import write_ablation_outputs
+from dgkd.ablate.options import AblationOptions
+from dgkd.ablate.plan import preflight
+from dgkd.ablate.result import AblationResult
+from dgkd.ablate.store import load_finished, manifest, save_cell, write_manifest
+from dgkd.ablate.summary import summarize_cells
+from dgkd.config import TrainConfig
+from dgkd.io import move_aside
+from dgkd.progress import Bar
+
+__all__ = ["run_ablation"]
+
+
+def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
+    """Run (or finish) an ablation and write its tables and plot.
+
+    Raises:
+        AblateError: bad options, a name in use by another running ablation, or a base config
+            different from the one the directory's finished cells used.
+        CellFailedError: a cell failed (not diverged); the finished cells stay for a rerun.
+    """
+    from filelock import FileLock, Timeout
+
+    plan = preflight(base, opts)
+    name, directory, variants, seeds = plan.name, plan.directory, plan.variants, plan.seeds
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory.parent / f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise AblateError(
+            f"another dgkd-ablate is running on {directory}; wait for it or use another --name"
+        ) from None
+    try:
+        moved = move_aside(directory) if opts.fresh else None
+        cells = plan.cells
+        done = load_finished(directory, base, cells, name)  # again, now under the lock
+        info = manifest(
+            base,
+            opts,
+            name=name,
+            variants=variants,
+            seeds=seeds,
+            teacher_key=cells[0].teacher_key,
+        )
+        write_manifest(directory, info)
+        pending = [c for c in cells if c.key not in done]
+        ran = _run_pending(base, pending, done, directory, opts, total=len(cells))
+        results = [done[c.key] for c in cells]
+        summary = summarize_cells(results, variants)
+        result = AblationResult(
+            name,
+            directory,
+            base,
+            variants,
+            seeds,
+            results,
+            summary,
+            check_claims(summary),
+            ran=ran,
+            reused=len(cells) - ran,
+            moved_to=moved,
+        )
+        write_ablation_outputs(result, info)
+        return result
+    finally:
+        lock.release()
+
+
+def _prepare_teacher(cfg: TrainConfig, progress: bool) -> None:
+    """Train or load the shared teacher once, before cells start, so no cell races for it."""
+    from dgkd.loop import resolve_device
+    from dgkd.teacher import load_teacher
+    from dgkd.train import splits_for
+
+    splits = splits_for(cfg)
+    load_teacher(cfg, splits, device=resolve_device(cfg.device), progress=progress)
+
+
+def _run_pending(
+    base: BaseConfig,
+    pending: Sequence[Cell],
+    done: dict[str, CellResult],
+    directory: Path,
+    opts: AblationOptions,
+    *,
+    total: int,
+) -> int:
+    """Run ``pending`` cells with the chosen executor, storing each as it finishes."""
+    if not pending:
+        return 0
+    _prepare_teacher(base.config, opts.progress)
+    by_key = {c.key: c for c in pending}
+    ran = 0
+    with Bar(opts.progress, "ablation", total, completed=len(done)) as bar:
+
+        def finished(key: str, out: Mapping[str, Any]) -> None:
+            nonlocal ran
+            cell = by_key[key]
+            res = CellResult(
+                variant=cell.variant,
+                seed=cell.seed,
+                status=out["status"],
+                config_hash=cell.hash,
+                teacher_key=cell.teacher_key,
+                metrics=dict(out["metrics"]),
+                duration_s=float(out["duration_s"]),
+                diverged=out.get("diverged"),
+                config=cell.config.to_dict(),
+                finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            save_cell(directory, res)
+            done[key] = res
+            ran += 1
+            line = _cell_line(res)
+            bar.advance(line)
+            if opts.log is not None:
+                opts.log(f"[{len(done)}/{total}] {line}")
+
+        execute(pending, finished, backend=opts.backend, workers=opts.workers, address=opts.address)
+    return ran
+
+
+def _cell_line(res: CellResult) -> str:
+    """One progress line for a finished cell."""
+    if res.status == "diverged":
+        where = res.diverged or {}
+        return f"{res.variant} seed {res.seed}: diverged at epoch {where.get('epoch')}"
+    return (
+        f"{res.variant} seed {res.seed}: test_acc {res.value('test_acc'):.4f} "
+        f"({res.duration_s:.1f} s)"
+    )

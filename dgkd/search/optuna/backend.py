@@ -1,0 +1,102 @@
+"""The Optuna backend: one study in a journal file or an RDB, run by one or more processes.
+
+Storage and resume checks are in :mod:`.storage`, the trial-running processes and the recovery
+of trials whose process stopped in :mod:`.workers`; this module puts them together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from dgkd.io import move_aside
+from dgkd.runtime import threads_per_worker
+from dgkd.search.base import SearchBackend
+from dgkd.search.common import Log, grid_size, print_line, stop_interrupted, trial_total
+from dgkd.search.optuna.records import to_records
+from dgkd.search.optuna.storage import (
+    check_storage,
+    create_or_load,
+    inspect_command,
+    is_url,
+    journal_path,
+    move_study_aside,
+    open_storage,
+    storage_label,
+)
+from dgkd.search.optuna.workers import Quiet, Worker, recover, run_processes
+from dgkd.search.records import SearchOptions, TrialRecord
+from dgkd.search.reporter import SearchReporter
+
+if TYPE_CHECKING:
+    from dgkd.study import Study
+
+__all__ = ["OptunaBackend"]
+
+
+class OptunaBackend(SearchBackend):
+    """Optuna's samplers and pruners over a shared storage, ``opts.workers`` processes."""
+
+    name: ClassVar[str] = "optuna"
+
+    def preflight(self, study: Study, opts: SearchOptions) -> None:
+        """Storage reachable, and not holding this study with another space or config."""
+        check_storage(study, opts)
+
+    def inspect_command(self, study: Study, opts: SearchOptions) -> str | None:
+        """``optuna trials ...`` for this study's storage."""
+        return inspect_command(study, opts)
+
+    def run(
+        self, study: Study, opts: SearchOptions, *, log: Log | None = None
+    ) -> list[TrialRecord]:
+        """Run ``study`` with Optuna until ``opts.trials`` trials have finished; every record.
+
+        Raises:
+            SearchInputError: unreachable storage, or a worker hit bad input.
+            RuntimeError: a worker failed.
+            KeyboardInterrupt: interrupted (the interrupted trials are re-enqueued).
+        """
+        with Quiet(threads_per_worker(1) if opts.workers == 1 else None):
+            return _run(study, opts, log or print_line)
+
+
+def _run(study: Study, opts: SearchOptions, log: Log) -> list[TrialRecord]:
+    if opts.fresh and opts.storage is not None and not is_url(opts.storage):
+        moved = move_aside(journal_path(opts))  # a journal outside <out>/<study>/ starts over too
+        if moved is not None:
+            log(f"moved previous journal {journal_path(opts)} to {moved}")
+    storage = open_storage(opts)
+    if opts.fresh and is_url(opts.storage):
+        moved_to = move_study_aside(storage, study.name)
+        if moved_to:
+            log(f"moved study {study.name} in {storage_label(opts)} to {moved_to}")
+    Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
+    ostudy = create_or_load(study, opts, storage)
+    recovered = recover(ostudy, journal=not is_url(opts.storage))
+    grid, total = grid_size(study), trial_total(study, opts)
+
+    threads = threads_per_worker(opts.workers)
+    notes = [f"{opts.workers} worker(s) x {threads} thread(s)", f"storage {storage_label(opts)}"]
+    if recovered:
+        notes.append(f"re-enqueued interrupted trial(s) {', '.join(map(str, recovered))}")
+    if grid and grid < opts.trials:
+        notes.append(f"the grid has only {grid} points")
+    with SearchReporter(study, opts, total=total, log=log) as reporter:
+        reporter.start(to_records(ostudy.get_trials(deepcopy=False)), note="; ".join(notes))
+        try:
+            if opts.workers == 1:
+                worker = Worker(
+                    study, opts, total=total, index=0, storage=storage, on_change=reporter.update
+                )
+                worker.loop()
+            else:
+                run_processes(study, opts, total, ostudy, reporter)
+        except KeyboardInterrupt:
+            records = to_records(ostudy.get_trials(deepcopy=False))
+            reporter.update(records)
+            stop_interrupted(study, opts, records, total, log)
+            raise
+        records = to_records(ostudy.get_trials(deepcopy=False))
+        reporter.update(records)
+    return records

@@ -1,0 +1,305 @@
+"""Where an Optuna search lives: a journal file or an RDB, opened, checked, moved aside.
+
+By default a journal file ``runs/<study>/journal.log`` (fast, safe for several processes on one
+machine, readable by ``optuna trials`` and optuna-dashboard). ``--storage URL`` takes any
+SQLAlchemy URL Optuna supports (PostgreSQL to share a study between machines), opened with
+heartbeats: a trial whose process stops beating for ``GRACE_PERIOD_S`` is failed and re-enqueued by
+``RetryHeartbeatStaleTrialCallback``. ``--storage PATH`` (no ``://``) is a journal file elsewhere.
+
+Ctrl-C and SIGTERM are deferred while this process writes or replays the journal. Optuna's
+journal file lock, interrupted while it waits, removes the lock of the process that holds it
+(which then fails its trial with "did not possess lock"), and a replay cut half-way leaves this
+process's copy of the study inconsistent. Both take milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from dgkd.errors import one_line
+from dgkd.search.common import check_signature, signature
+from dgkd.search.optuna.records import to_records
+from dgkd.search.records import SearchInputError, SearchOptions, TrialRecord
+
+if TYPE_CHECKING:
+    from dgkd.study import Study
+
+__all__ = [
+    "GRACE_PERIOD_S",
+    "HEARTBEAT_INTERVAL_S",
+    "JOURNAL_FILE",
+    "check_storage",
+    "create_or_load",
+    "defer_interrupt",
+    "driver_url",
+    "inspect_command",
+    "is_url",
+    "journal_path",
+    "load_records",
+    "move_study_aside",
+    "open_storage",
+    "redact",
+    "storage_label",
+]
+
+JOURNAL_FILE = "journal.log"
+HEARTBEAT_INTERVAL_S = 10  # RDB: a running trial records a heartbeat this often
+GRACE_PERIOD_S = 40  # RDB: a trial silent this long is failed and re-enqueued
+MAX_RETRY = 3  # RDB: re-runs of a trial whose heartbeat stopped
+_ATTR_PREFIX = "dgkd_"  # the study's signature as user attrs: dgkd_metric, dgkd_space, ...
+_ATTR_KEYS = ("metric", "space", "config")  # the direction is the study's own
+
+
+def _env_seconds(name: str, default: int) -> int:
+    """A positive whole number of seconds from the environment (DGKD_HEARTBEAT_S and
+    DGKD_GRACE_PERIOD_S tune the heartbeat for a cluster), else ``default``."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SearchInputError(f"{name} must be a whole number of seconds >= 1, got {raw!r}")
+    return int(raw)
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def is_url(storage: str | None) -> TypeGuard[str]:
+    """Whether ``--storage`` is a database URL (else a journal path, or None for the default)."""
+    return storage is not None and "://" in storage
+
+
+def journal_path(opts: SearchOptions) -> Path:
+    """The journal file: ``--storage PATH``, else ``<out_dir>/journal.log``."""
+    if opts.storage is None:
+        return Path(opts.out_dir) / JOURNAL_FILE
+    return Path(opts.storage).expanduser()
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3, while
+    the ``postgres`` extra installs psycopg2; name it explicitly when only psycopg2 is present."""
+    scheme, sep, rest = url.partition("://")
+    v3, v2 = (importlib.util.find_spec(m) is not None for m in ("psycopg", "psycopg2"))
+    if scheme in ("postgresql", "postgres") and v2 and not v3:
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
+def storage_label(opts: SearchOptions) -> str:
+    """Where the study lives, for humans (password hidden)."""
+    if is_url(opts.storage):
+        return redact(opts.storage)
+    return str(journal_path(opts))
+
+
+def inspect_command(study: Study, opts: SearchOptions) -> str:
+    """The ``optuna trials`` command that lists the study's trials from its storage."""
+    if is_url(opts.storage):
+        url = redact(driver_url(opts.storage))
+        return f"optuna trials --study-name {study.name} --storage '{url}'"
+    return (
+        f"optuna trials --study-name {study.name} --storage {journal_path(opts)} "
+        "--storage-class JournalFileBackend"
+    )
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def open_storage(
+    opts: SearchOptions,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+) -> BaseStorage:
+    """The study's storage: a journal file, or an RDB URL with heartbeats and stale-trial retry.
+
+    Raises:
+        SearchInputError: the URL is malformed or its database cannot be reached.
+    """
+    if not is_url(opts.storage):
+        path = journal_path(opts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return _JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise SearchInputError(f"cannot open journal {path}: {exc.strerror or exc}") from None
+    url = driver_url(opts.storage)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat_interval
+                or _env_seconds("DGKD_HEARTBEAT_S", HEARTBEAT_INTERVAL_S),
+                grace_period=grace_period or _env_seconds("DGKD_GRACE_PERIOD_S", GRACE_PERIOD_S),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY
+                ),
+            )
+    except ImportError as exc:
+        missing = getattr(exc.__cause__, "name", None) or "its driver"
+        raise SearchInputError(
+            f"cannot open storage {redact(url)}: the database driver {missing} is not installed "
+            "(for PostgreSQL: pip install 'dgkd[postgres]')"
+        ) from None
+    except Exception as exc:
+        raise SearchInputError(
+            f"cannot open storage {redact(url)}: {one_line(exc)} (check the URL, that the "
+            "database server is running and reachable, and that the database exists)"
+        ) from None
+
+
+def load_records(
+    study: Study, *, out_dir: str | Path, storage: str | None = None
+) -> list[TrialRecord] | None:
+    """Every trial of ``study`` from its storage; None when the storage has no such study."""
+    opts = SearchOptions(trials=1, out_dir=Path(out_dir), storage=storage)
+    if not is_url(storage) and not journal_path(opts).exists():
+        return None
+    try:
+        ostudy = optuna.load_study(study_name=study.name, storage=open_storage(opts))
+    except KeyError:
+        return None
+    return to_records(ostudy.get_trials(deepcopy=False))
+
+
+# --- the study's signature --------------------------------------------------------------------
+
+
+def _stored_signature(ostudy: optuna.Study) -> dict[str, Any]:
+    """The signature a stored study was created with (only its direction for a study from
+    before signatures were recorded)."""
+    stored: dict[str, Any] = {"direction": ostudy.direction.name.lower()}
+    attrs = ostudy.user_attrs
+    if _ATTR_PREFIX + "space" in attrs:
+        stored.update({k: attrs.get(_ATTR_PREFIX + k) for k in _ATTR_KEYS})
+        stored["config"] = stored["config"] or {}
+    return stored
+
+
+def check_storage(study: Study, opts: SearchOptions) -> None:
+    """Fail early, before anything is moved or written: storage unreachable, or holding this
+    study with another space, metric or configuration (a resume would mix incomparable trials).
+
+    Raises:
+        SearchInputError: with what to do about it.
+    """
+    if not is_url(opts.storage):
+        path = journal_path(opts)
+        if opts.fresh or not path.exists():
+            return
+    storage = open_storage(opts)
+    if opts.fresh:
+        return
+    try:
+        stored = optuna.load_study(study_name=study.name, storage=storage)
+    except KeyError:
+        return
+    check_signature(
+        _stored_signature(stored),
+        signature(study, opts),
+        holder=f"{storage_label(opts)} holds study {study.name}",
+    )
+
+
+def create_or_load(study: Study, opts: SearchOptions, storage: BaseStorage) -> optuna.Study:
+    """The study in ``storage``; a new one records its signature and enqueues its points."""
+    ostudy = optuna.create_study(
+        study_name=study.name,
+        storage=storage,
+        direction=study.direction,  # type: ignore[arg-type]  # validated: maximize | minimize
+        load_if_exists=True,
+    )
+    if _ATTR_PREFIX + "space" not in ostudy.user_attrs:
+        wanted = signature(study, opts)
+        for key in _ATTR_KEYS:
+            ostudy.set_user_attr(_ATTR_PREFIX + key, wanted[key])
+        ostudy.set_user_attr("dgkd_source", study.source)
+        for params in study.enqueue:
+            ostudy.enqueue_trial(dict(params), skip_if_exists=True)
+    return ostudy
+
+
+def move_study_aside(storage: BaseStorage, name: str) -> str | None:
+    """Copy an RDB study to ``<name>.old-<timestamp>`` and delete the original (for --fresh)."""
+    try:
+        optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    target = f"{name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = {
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
+    n = 1
+    while target in names:
+        n += 1
+        target = f"{name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    optuna.copy_study(
+        from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=target
+    )
+    optuna.delete_study(study_name=name, storage=storage)
+    return target
+
+
+# --- interruptions (see the module docstring) -------------------------------------------------
+
+_critical = 0  # journal writes in progress in this process
+_deferred = False  # an interruption arrived during one
+
+
+def defer_interrupt(signum: int, frame: Any) -> None:
+    """Signal handler for SIGINT and SIGTERM: KeyboardInterrupt, after any journal write."""
+    global _deferred
+    if _critical:
+        _deferred = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    global _critical, _deferred
+    _critical += 1
+    try:
+        yield
+    finally:
+        _critical -= 1
+        if not _critical and _deferred:
+            _deferred = False
+            raise KeyboardInterrupt
+
+
+class _JournalStorage(JournalStorage):
+    """A journal whose writes and replays an interruption cannot cut."""
+
+    def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
+        with _uninterruptible():
+            super()._write_log(op_code, extra_fields)
+
+    def _sync_with_backend(self) -> None:
+        with _uninterruptible():
+            super()._sync_with_backend()

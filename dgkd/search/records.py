@@ -1,0 +1,115 @@
+"""Backend-neutral records of a search, so both backends feed the same exports.
+
+Torch-free and library-free: the ablation, the exports and both backends import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FINAL_STATES",
+    "INTERRUPTED",
+    "SearchInputError",
+    "SearchOptions",
+    "TrialRecord",
+    "TrialState",
+    "completed",
+    "counts_toward_total",
+    "finished",
+    "option_default",
+]
+
+# fail_reason prefix of a trial cut off by an interruption and re-run under a new number: it
+# keeps its number (none is lost) but does not count toward --trials.
+INTERRUPTED = "interrupted"
+
+
+class SearchInputError(ValueError):
+    """Bad input to a search (options, storage, cluster address); exit code 2."""
+
+
+class TrialState(StrEnum):
+    """A trial's state; its value is what ``trials.csv`` and ``best.json`` hold."""
+
+    COMPLETE = "COMPLETE"  # ran to the end with a finite value
+    PRUNED = "PRUNED"  # stopped early by the pruner (scheduler)
+    FAIL = "FAIL"  # diverged, raised, or was interrupted (see ``fail_reason``)
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"  # queued, not started
+
+
+FINAL_STATES = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})  # finished
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to run a search (the ``dgkd-search`` flags), independent of what is searched.
+
+    The defaults here are the only ones: :func:`dgkd.search.make_options` and the command line
+    take theirs from this class.
+    """
+
+    trials: int  # total across all workers and restarts
+    out_dir: Path  # runs/<study>/
+    workers: int = 1  # processes on this machine (Optuna backend)
+    backend: str = "optuna"  # optuna | ray
+    storage: str | None = None  # Optuna RDB URL or journal path; None = out_dir/journal.log
+    address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a local cluster
+    cpus_per_trial: float = 1.0  # Ray: CPUs each trial holds
+    gpus_per_trial: float = 0.0  # Ray: GPUs each trial holds (fractions allowed)
+    fresh: bool = False  # move old results aside and start over
+    quiet: bool = False  # plain log lines instead of a live display
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set changes to the base config
+
+
+def option_default(name: str) -> Any:
+    """The default of the :class:`SearchOptions` field ``name`` (for flags and their help)."""
+    for f in fields(SearchOptions):
+        if f.name == name and f.default is not MISSING:
+            return f.default
+    raise KeyError(f"SearchOptions.{name} has no default")
+
+
+@dataclass
+class TrialRecord:
+    """One trial as exported to ``trials.csv``: the same columns whichever backend ran it."""
+
+    number: int
+    state: TrialState
+    value: float | None  # the study's metric; None unless COMPLETE
+    params: dict[str, Any]
+    duration_s: float | None = None
+    pruned_epoch: int | None = None  # last epoch reported before pruning
+    metrics: dict[str, float] = field(default_factory=dict)  # train()'s final metrics
+    fail_reason: str = ""  # e.g. the DivergedError message
+    fail_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        self.state = TrialState(self.state)  # a plain "COMPLETE" from a caller or a file
+
+
+def counts_toward_total(record: TrialRecord) -> bool:
+    """A finished trial that counts toward ``--trials`` (not one re-run after an interruption)."""
+    if record.state not in FINAL_STATES:
+        return False
+    return not (record.state == TrialState.FAIL and record.fail_reason.startswith(INTERRUPTED))
+
+
+def finished(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Records in a final state (COMPLETE, PRUNED, FAIL), by number."""
+    return sorted((r for r in records if r.state in FINAL_STATES), key=lambda r: r.number)
+
+
+def completed(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The COMPLETE records with a finite value, in the order given."""
+    return [
+        r
+        for r in records
+        if r.state == TrialState.COMPLETE and r.value is not None and math.isfinite(r.value)
+    ]

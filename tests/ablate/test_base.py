@@ -1,0 +1,25 @@
+"""The base config: defaults with --set, a study's base, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from dgkd.ablate import AblateError, resolve_base
+from dgkd.config import TrainConfig
+
+
+def test_base_overrides_and_method_check():
+    base = resolve_base(overrides={"epochs": 3})
+    assert base.config == TrainConfig(epochs=3) and base.default_name == "default"
+    with pytest.raises(AblateError, match="reference row of an ablation is dgkd"):
+        resolve_base(overrides={"method": "kd"})
+    with pytest.raises(AblateError, match="--storage is only read with --from-study"):
+        resolve_base(storage="sqlite:///x.db")
+
+
+def test_study_base_without_search():
+    base = resolve_base(study="smoke", overrides={"lr": 0.02})
+    assert base.source == "study" and base.default_name == "smoke"
+    assert (base.config.epochs, base.config.teacher_epochs, base.config.lr) == (2, 2, 0.02)
+    with pytest.raises(AblateError, match="unknown study 'nope'"):
+        resolve_base(study="nope")
