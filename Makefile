@@ -5,23 +5,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup search train ablate test lint format bench bench-quick clean
+.PHONY: setup search train ablate test lint format bench bench-quick mutate clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,mlflow]'
 	touch $(STAMP)
 
-search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D (about 4 min on one core)
-	$(BIN)/dgkd-search --study eps_sweep --trials 200
+search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D and its verdict (about 8 min, 2 cores)
+	$(BIN)/dgkd-search --study eps_sweep --trials 200 --workers 2
 
 train: $(STAMP)  ## one default DGKD run
 	$(BIN)/dgkd-train
 
-ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 5 paired seeds
+ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 10 paired seeds
 	$(BIN)/dgkd-ablate --variants no_grad_term,minimize_mse
 
 test: lint  ## lint, types and the whole test suite
@@ -41,6 +41,10 @@ bench: $(STAMP)  ## full benchmark run; writes BENCHMARKS.md
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+mutate: $(STAMP)  ## mutation testing of the numeric core, ends with the score (docs/mutation.md)
+	test -x $(BIN)/mutmut || $(BIN)/python -m pip install --quiet -e '.[mutate]'
+	$(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from rich.console import Console
 
-from benchmarks import loss, memory, profile, search, steps, trial
+from benchmarks import ablate, loss, memory, profile, search, steps, trial
 from benchmarks.report import Comparison, document, machine, markdown, rich_table
 from dgkd.io import atomic_write_text
 
@@ -29,6 +29,7 @@ COMPARISONS: dict[str, Callable[..., Comparison]] = {
     "memory": memory.run,
     "profile": profile.run,
     "search": search.run,
+    "ablate": ablate.run,
 }
 CUDA_COMPARISONS = ("loss", "steps")  # the others measure the CPU only
 

@@ -24,7 +24,7 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
     """
     require_cpu(device, "trial")
     comp = Comparison(TITLE)
-    cfg = TrainConfig(method="dgkd")
+    cfg = TrainConfig(method="dgkd", device=device.type)
     if quick:
         cfg = cfg.replace(epochs=3, teacher_epochs=2)
     train(cfg)  # warm the data and teacher caches, as a search process is after its first trial

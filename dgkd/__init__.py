@@ -2,7 +2,7 @@
 
 The public API, importable from here::
 
-    from dgkd import TrainConfig, train, dgkd_loss, load_study, run_search
+    from dgkd import TrainConfig, train, train_population, dgkd_loss, load_study, run_search
 
 Names are resolved on first use (PEP 562), so ``import dgkd`` and every ``--help`` stay
 torch-free and fast; a name's module is imported only when it is asked for.
@@ -23,6 +23,7 @@ _EXPORTS = {
     "DivergedError": "dgkd.loop",
     "TrainResult": "dgkd.train",
     "train": "dgkd.train",
+    "train_population": "dgkd.train",
     "dgkd_loss": "dgkd.losses",
     "dkd_terms": "dgkd.losses",
     "grad_terms": "dgkd.losses",
@@ -31,11 +32,18 @@ _EXPORTS = {
     "Study": "dgkd.study",
     "load_study": "dgkd.study",
     "load_space": "dgkd.space",
+    "SearchOptions": "dgkd.search",
+    "make_options": "dgkd.search",
+    "run_search": "dgkd.search",
+    "AblationOptions": "dgkd.ablate",
+    "run_ablation": "dgkd.ablate",
 }
 
 __all__ = [
+    "AblationOptions",
     "ConfigError",
     "DivergedError",
+    "SearchOptions",
     "Study",
     "TrainConfig",
     "TrainResult",
@@ -47,18 +55,24 @@ __all__ = [
     "kd_loss",
     "load_space",
     "load_study",
+    "make_options",
     "parse_overrides",
+    "run_ablation",
+    "run_search",
     "train",
+    "train_population",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
+    from dgkd.ablate import AblationOptions, run_ablation
     from dgkd.config import ConfigError, TrainConfig, parse_overrides
     from dgkd.loop import DivergedError
     from dgkd.losses import dgkd_loss, dkd_terms, grad_terms, kd_loss
     from dgkd.models import build_model
+    from dgkd.search import SearchOptions, make_options, run_search
     from dgkd.space import load_space
     from dgkd.study import Study, load_study
-    from dgkd.train import TrainResult, train
+    from dgkd.train import TrainResult, train, train_population
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,9 @@ import json
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from dgkd import __version__
 from dgkd.config import METHODS, ConfigError, TrainConfig, parse_overrides
 from dgkd.errors import one_line
 
@@ -47,8 +49,8 @@ def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
     """Run ``body`` and turn exceptions into one-line errors and exit codes."""
     try:
         return body()
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # its message, if any, says how to resume
+        print(f"{prog}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:
@@ -56,6 +58,10 @@ def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
         code = EXIT_USAGE if isinstance(exc, _bad_input_types()) else EXIT_FAILURE
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return code
+
+
+def _add_version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def _add_set(p: argparse.ArgumentParser, text: str) -> None:
@@ -83,8 +89,17 @@ def _train_parser() -> argparse.ArgumentParser:
         "--temperature", type=float, help=f"distillation temperature (default {d.temperature:g})"
     )
     _add_set(p, "override any config field, repeatable (e.g. --set student=mlp --set epochs=20)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="start from a search's best.json (reruns "
+        "its best trial) or a config.json of --out; other options change it",
+    )
+    p.add_argument("--out", metavar="DIR", help="save config.json, metrics.json, history.csv "
+                   "and student.pt there; rerun an interrupted run to resume it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_version(p)
     return p
 
 
@@ -94,14 +109,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         from dgkd.io import json_metrics
-        from dgkd.train import train
 
         changes = parse_overrides(args.overrides)
         for name in ("method", "alpha", "beta", "epsilon", "temperature"):
             if getattr(args, name) is not None:
                 changes[name] = getattr(args, name)
-        cfg = TrainConfig().replace(**changes)
-        result = train(cfg, progress=not args.json and sys.stderr.isatty())
+        from dgkd.runfiles import load_config, train_into
+
+        base = TrainConfig() if args.config is None else load_config(args.config)
+        cfg = base.replace(**changes)
+        result = train_into(args.out, cfg, progress=not args.json and sys.stderr.isatty())
         if args.json:
             print(json.dumps({"config": cfg.to_dict(), "metrics": json_metrics(result.metrics)}))
         else:
@@ -128,7 +145,10 @@ def _print_metrics(cfg, metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
         shown = f"{value:.0f}" if key == "epochs" else f"{value:.4f}"
         table.add_row(key, shown if isinstance(value, float) else str(value))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a pipe or file: the table's natural width, not 80 columns
+        console.width = 10_000
+    console.print(table)
 
 
 def _ablate_parser() -> argparse.ArgumentParser:
@@ -171,7 +191,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         metavar="N",
-        help="parallel processes (local, default 1) or cells in flight (ray, default: all)",
+        help="parallel processes (local, default 1) or populations in flight (ray, default: all)",
     )
     p.add_argument(
         "--backend", choices=BACKENDS, default=BACKENDS[0], help=f"default: {BACKENDS[0]}"
@@ -196,6 +216,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_version(p)
     return p
 
 
@@ -205,7 +226,6 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from pathlib import Path
 
         from dgkd.ablate import (
             AblationOptions,
@@ -277,47 +297,35 @@ def _search_parser() -> argparse.ArgumentParser:
         description="Search a study's hyperparameters with Optuna (default) or Ray Tune. "
         "Rerunning the same command continues an interrupted search up to --trials.",
         epilog="Outputs in <out>/<study>/: trials.csv, best.json, importance.csv, "
-        "optimization_history.png, param_importances.png (and accuracy_vs_<param>.png for a "
-        "one-parameter study), plus the Optuna journal journal.log. "
+        "best_student.pt, history/trial_<n>.csv, optimization_history.png, learning_curves.png, "
+        "accuracy_vs_<param>.png (one parameter) or param_importances.png and slice.png (more), "
+        "trial_seeds.csv, confirm.csv and verdict.md (the confirm stage), "
+        "and the Optuna storage: journal.log unless --storage (either backend). "
         "Example: dgkd-search --study eps_sweep --trials 200 --workers 2",
     )
     p.add_argument("--study", metavar="NAME|FILE", help="a packaged study name or a .toml file")
-    p.add_argument(
-        "--trials",
-        type=int,
-        metavar="N",
-        help="total trials across workers and restarts (default: the study's)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help=f"processes sharing the storage (optuna backend; default {option_default('workers')})",
-    )
-    p.add_argument("--backend", metavar="NAME", help=backends)
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna RDB URL (e.g. postgresql://...) or journal file path "
-        "(default: <out>/<study>/journal.log)",
-    )
-    p.add_argument(
-        "--address",
-        metavar="RAY_ADDRESS",
-        help="Ray cluster to join (ray backend; default: RAY_ADDRESS or a new local cluster)",
-    )
-    p.add_argument(
-        "--cpus-per-trial",
-        type=float,
-        metavar="N",
-        help=f"ray backend (default {option_default('cpus_per_trial'):g})",
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        metavar="F",
-        help=f"ray backend, fractions allowed (default {option_default('gpus_per_trial'):g})",
-    )
+    add = p.add_argument
+    # fmt: off
+    add("--trials", type=int, metavar="N",
+        help="total trials across workers and restarts (default: the study's)")
+    add("--workers", type=int, metavar="N", help="processes sharing the storage "
+        f"(optuna backend; default {option_default('workers')})")
+    add("--backend", metavar="NAME", help=backends)
+    add("--storage", metavar="URL", help="Optuna RDB URL (e.g. postgresql://...) or journal "
+        "file path (default: <out>/<study>/journal.log); a Ray search records its trials there")
+    add("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (ray backend; "
+        "default: RAY_ADDRESS or a new local cluster)")
+    add("--cpus-per-trial", type=float, metavar="N",
+        help=f"ray backend (default {option_default('cpus_per_trial'):g})")
+    add("--gpus-per-trial", type=float, metavar="F", help="ray backend, fractions allowed "
+        f"(default {option_default('gpus_per_trial'):g})")
+    add("--seeds", type=int, metavar="K", help="seeds per trial, trained as one population; "
+        "the trial's value is their mean (default: the study's seeds)")
+    add("--confirm-top", type=int, metavar="K", help="retrain the K best configs and the "
+        "baseline on fresh seeds and state a verdict; 0 = off (default: the study's [confirm])")
+    add("--confirm-seeds", type=int, metavar="N",
+        help="fresh seeds per config in the confirm stage (default: the study's [confirm])")
+    # fmt: on
     p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
     p.add_argument(
         "--fresh",
@@ -327,8 +335,12 @@ def _search_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     _add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
+    p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, metrics by "
+                   "epoch, final metrics) to this MLflow tracking URI, e.g. ./mlruns "
+                   "(needs pip install 'dgkd[mlflow]')")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_version(p)
     return p
 
 
@@ -366,6 +378,10 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             fresh=args.fresh,
             quiet=args.quiet,
             overrides=parse_overrides(args.overrides),
+            mlflow=args.mlflow,
+            seeds=args.seeds,
+            confirm_top=args.confirm_top,
+            confirm_seeds=args.confirm_seeds,
         )
         records = run_search(study, opts)
         print_summary(study, records, opts)

@@ -2,6 +2,8 @@
 
 Results and caches are written to a temporary file in the target's directory, flushed with fsync
 and renamed over the target, so a reader (or a crash) only ever sees the old or the new file.
+The file gets the mode a plain ``open`` would give it (0644 under umask 022), not the temporary
+file's private 0600.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -58,6 +61,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (other threads may be
+    creating files), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

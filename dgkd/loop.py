@@ -1,49 +1,83 @@
-"""The one training loop, shared by the teacher and every student.
+"""The one training loop, shared by the teacher and every student, one model or a population.
 
-``fit`` trains a fresh model and returns it with its per-epoch history; ``predict`` runs it in
-eval mode; ``distill_loss`` is the step's loss for each method. Nothing here reads files or knows
-about teachers' caches, searches or metrics beyond validation accuracy.
+:func:`fit_population` trains K students of one architecture at once (a
+:class:`~dgkd.models.Population`): each member keeps its own seed (initialization, data order,
+augmentation), loss settings, learning rate and weight decay, and computes exactly what it would
+alone, so member i is the same experiment as ``fit(cfgs[i])``. :func:`fit` is the population of
+one. ``predict`` runs a model or a population in eval mode; ``population_loss`` and
+``distill_loss`` are the step's loss for each method. Nothing here reads files or knows about
+teachers' caches, searches or metrics beyond the end-of-epoch evaluation
+(:mod:`dgkd.epoch_metrics`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgkd import metrics
-from dgkd.config import ConfigError, TrainConfig
+from dgkd.checkpoint import Checkpoint, Keeper
+from dgkd.config import ConfigError, TrainConfig, field_names
 from dgkd.data import Splits
-from dgkd.losses import TeacherStats, dgkd_loss, kd_loss, teacher_stats
-from dgkd.models import build_model, has_width
+from dgkd.epoch_metrics import epoch_metrics
+from dgkd.losses import TeacherStats, teacher_stats
+from dgkd.models import Population, build_population, has_width
+from dgkd.optim import MemberSchedules, PopulationOptimizer, build_optimizer, build_scheduler
 from dgkd.progress import Bar
+from dgkd.step import FAMILY, DivergedError, EpochData, distill_loss, population_loss
 
 __all__ = [
+    "MEMBER_FIELDS",
     "DivergedError",
+    "MemberRun",
+    "PopulationReport",
     "Report",
     "build_optimizer",
     "build_scheduler",
+    "check_population",
     "distill_loss",
     "fit",
+    "fit_population",
+    "population_loss",
     "predict",
     "resolve_device",
 ]
 
 Report = Callable[[int, dict[str, float]], None]
+# report(member, epoch, row): member is the index into the configs given; raising stops it.
+PopulationReport = Callable[[int, int, dict[str, float]], None]
+
+# The fields in which the members of one population may differ; all others are shared.
+MEMBER_FIELDS = (
+    "seed",
+    "method",
+    "alpha",
+    "beta",
+    "epsilon",
+    "temperature",
+    "grad_term",
+    "grad_sign",
+    "ce_weight",
+    "kd_weight",
+    "warmup",
+    "lr",
+    "weight_decay",
+    "checkpoint_every",  # when to save, not what is computed
+)
 
 
-class DivergedError(RuntimeError):
-    """The training loss became non-finite; carries where, so a search can record it."""
+@dataclass
+class MemberRun:
+    """One member's outcome: its trained model, its per-epoch history, and what stopped it
+    early (the exception its report raised, or a :class:`DivergedError`); then no model."""
 
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        self.epoch, self.step, self.value = epoch, step, value
-        super().__init__(
-            f"loss became {value} at epoch {epoch}, step {step}; lower lr or epsilon, "
-            "or use grad_term='normalized'"
-        )
+    model: nn.Module | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    error: Exception | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,72 +87,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device is 'cuda' but no CUDA device is available; use device=auto")
     return torch.device(name)
-
-
-def distill_loss(
-    cfg: TrainConfig,
-    logits_s: Tensor,
-    logits_t: Tensor | None,
-    target: Tensor,
-    weight: float,
-    *,
-    stats: TeacherStats | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One step's training loss: ``ce_weight * CE + weight * distillation`` and its terms.
-
-    ``weight`` is the warmup factor ``min(epoch / warmup, 1)``; ``stats`` optionally carries the
-    batch's precomputed teacher side for dkd/dgkd. Pure: no state, no side effects.
-    """
-    if cfg.method in ("dkd", "dgkd"):
-        # The warmup factor scales the three weights (the term is linear in them), and CE is
-        # fused into the same node: the step's loss is one forward and one closed-form backward.
-        out = dgkd_loss(
-            logits_s,
-            logits_t,
-            target,
-            alpha=weight * cfg.alpha,
-            beta=weight * cfg.beta,
-            epsilon=weight * cfg.epsilon if cfg.method == "dgkd" else 0.0,
-            temperature=cfg.temperature,
-            grad_term=cfg.grad_term,
-            grad_sign=cfg.grad_sign,
-            stats=stats,
-            ce_weight=cfg.ce_weight,
-        )
-        return out.pop("loss"), out
-    ce = F.cross_entropy(logits_s.float(), target)
-    loss = cfg.ce_weight * ce
-    terms: dict[str, Tensor] = {"ce": ce.detach()}
-    if cfg.method == "kd":
-        kd = kd_loss(logits_s, logits_t, temperature=cfg.temperature)
-        loss = loss + weight * cfg.kd_weight * kd
-        terms["kd"] = kd.detach()
-    return loss, terms
-
-
-def build_optimizer(
-    cfg: TrainConfig, params: Iterable[nn.Parameter], lr: float, device: torch.device
-) -> torch.optim.Optimizer:
-    """The configured optimizer, with its fused kernel (one per parameter, not a dozen small
-    operations each) on CPU and CUDA: on the default student it is a third of the step."""
-    fused = device.type in ("cpu", "cuda")
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused
-        )
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-
-
-def build_scheduler(
-    cfg: TrainConfig, opt: torch.optim.Optimizer, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The configured per-epoch learning-rate schedule over ``epochs``."""
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    if cfg.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
-    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
 @torch.no_grad()
@@ -131,21 +99,35 @@ def predict(
     batch_size: int,
     amp: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Eval-mode logits and features of ``x`` (float32, on ``device``)."""
+    """Eval-mode logits and features of ``x`` (float32, on ``device``): (N, C) and (N, F), or
+    (K, N, C) and (K, N, F) for a population (every member sees all of ``x``)."""
     model.eval()
     logits, feats = [], []
     for start in range(0, len(x), batch_size):
+        inputs = splits.inputs(x[start : start + batch_size].to(device))
+        if isinstance(model, Population):
+            inputs = inputs.expand(model.size, *inputs.shape)
         with _autocast(device, amp):
-            lo, fe = model(splits.inputs(x[start : start + batch_size].to(device)))
+            lo, fe = model(inputs)
         logits.append(lo.float())
         feats.append(fe.float())
-    return torch.cat(logits), torch.cat(feats)
+    return torch.cat(logits, -2), torch.cat(feats, -2)
 
 
 def _autocast(device: torch.device, amp: bool) -> AbstractContextManager:
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def check_population(cfgs: Sequence[TrainConfig]) -> None:
+    """Raise ``ValueError`` unless ``cfgs`` can train as one population: they may differ only
+    in :data:`MEMBER_FIELDS` (and must share a teacher, which the caller checks)."""
+    if not cfgs:
+        raise ValueError("a population needs at least one config")
+    for name in field_names():
+        if name not in MEMBER_FIELDS and len({getattr(c, name) for c in cfgs}) > 1:
+            raise ValueError(f"the members of one population must share {name}")
 
 
 def fit(
@@ -160,76 +142,207 @@ def fit(
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train a fresh model for ``cfg.epochs`` and return it with its per-epoch history.
 
-    The teacher's logits come from ``teacher_train_logits`` (indexed by example) when the
-    training inputs are not augmented, else from a teacher forward pass on each batch.
+    :func:`fit_population` for one member; its ``report`` raising, or a non-finite loss
+    (:class:`DivergedError`), propagates.
     """
-    name, epochs = cfg.student, cfg.epochs
-    width = cfg.student_width if has_width(name) else 0
-    torch.manual_seed(cfg.seed)
-    model = build_model(
-        name, num_classes=splits.num_classes, input_shape=splits.input_shape, width=width or None
+    on_epoch = None if report is None else (lambda _member, epoch, row: report(epoch, row))
+    (run,) = fit_population(
+        [cfg],
+        splits,
+        teacher=teacher,
+        teacher_train_logits=teacher_train_logits,
+        device=device,
+        report=on_epoch,
+        progress=progress,
+    )
+    if run.error is not None:
+        raise run.error
+    assert run.model is not None
+    return run.model, run.history
+
+
+def fit_population(
+    cfgs: Sequence[TrainConfig],
+    splits: Splits,
+    *,
+    teacher: nn.Module | None,
+    teacher_train_logits: Tensor | None,
+    device: torch.device,
+    report: PopulationReport | None = None,
+    progress: bool = False,
+    checkpoint: Checkpoint | None = None,
+) -> list[MemberRun]:
+    """Train K fresh students at once; ``runs[i]`` is exactly what ``fit(cfgs[i])`` gives.
+
+    The teacher's logits come from ``teacher_train_logits`` (indexed by example) when the
+    training inputs are not augmented, else from a teacher forward pass on each member's batch.
+    ``report(i, epoch, row)`` is called after every epoch of member i; if it raises (e.g. to
+    prune), or member i's loss becomes non-finite, member i stops: its run keeps the exception
+    and its history, and it leaves the stacked tensors at the end of that epoch.
+
+    With ``checkpoint`` (and ``checkpoint_every`` > 0) the population saves its state there
+    (:mod:`dgkd.checkpoint`), after resuming from a state saved by the same configs: the runs
+    then end exactly as uninterrupted ones would.
+
+    Raises:
+        ValueError: the configs cannot share one population (:func:`check_population`).
+        CheckpointError: a saved state of these configs does not fit this code.
+    """
+    check_population(cfgs)
+    first = cfgs[0]
+    name, epochs, bs = first.student, first.epochs, first.batch_size
+    alive = sorted(range(len(cfgs)), key=lambda i: FAMILY[cfgs[i].method])  # config indices
+    width = first.student_width if has_width(name) else 0
+    seeds = [cfgs[i].seed for i in alive]
+    shape, classes = splits.input_shape, splits.num_classes
+    pop = build_population(
+        name, num_classes=classes, input_shape=shape, width=width or None, seeds=seeds
     ).to(device)
-    params = list(model.parameters())
-    opt = build_optimizer(cfg, params, cfg.lr, device)
-    sched = build_scheduler(cfg, opt, epochs)
-    order = torch.Generator().manual_seed(cfg.seed)
-    aug = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    opt = PopulationOptimizer([cfgs[i] for i in alive], list(pop.parameters()), device)
+    schedules = MemberSchedules(cfgs, epochs)
+    orders = {i: torch.Generator().manual_seed(cfgs[i].seed) for i in alive}
+    augs = {i: torch.Generator(device=device).manual_seed(cfgs[i].seed + 1) for i in alive}
+    runs = [MemberRun() for _ in cfgs]
     train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
     val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
-    n, bs = len(train_y), cfg.batch_size
-    needs_teacher = cfg.method != "ce"
-    stats = None  # the teacher's side of dkd/dgkd, once per run when its logits are cached
-    if cfg.method in ("dkd", "dgkd") and teacher_train_logits is not None:
-        stats = teacher_stats(teacher_train_logits, train_y, temperature=cfg.temperature)
-    history: list[dict[str, float]] = []
-    bar = Bar(progress, f"training {name}", epochs)
-    with bar:
-        for epoch in range(1, epochs + 1):
-            model.train()
-            weight = min(epoch / cfg.warmup, 1.0) if cfg.warmup else 1.0
-            perm = torch.randperm(n, generator=order).to(device)
-            # The epoch's examples in its order, once: each batch is then a slice (a view).
-            xs, ys = train_x.index_select(0, perm), train_y.index_select(0, perm)
-            stats_e = None if stats is None else stats.select(perm)
-            logits_te = None
-            if needs_teacher and stats is None and teacher_train_logits is not None:
-                logits_te = teacher_train_logits.index_select(0, perm)
-            running, steps, keys = None, 0, ()  # sum over the epoch's steps of loss and terms
+    n = len(train_y)
+    stats: dict[float, TeacherStats] = {}  # per temperature, once per run (cached logits only)
+    if teacher_train_logits is not None:
+        for t in {cfgs[i].temperature for i in alive if cfgs[i].method in ("dkd", "dgkd")}:
+            stats[t] = teacher_stats(teacher_train_logits, train_y, temperature=t)
+    first_epoch, keeper = 1, Keeper.open(checkpoint, cfgs)
+    if keeper is not None:
+        resumed = keeper.restore(cfgs, alive, pop, opt, schedules, orders, augs, runs, report)
+        if resumed is not None:
+            first_epoch, alive, pop, opt = resumed
+            if all(runs[i].error is not None for i in alive):
+                first_epoch = epochs + 1
+            elif any(runs[i].error is not None for i in alive):
+                alive, pop, opt = _without_stopped(cfgs, runs, alive, pop, opt)
+    label = f"training {name}" + (f" x{len(cfgs)}" if len(cfgs) > 1 else "")
+    saving = keeper.on_interrupt() if keeper else nullcontext()
+    with Bar(progress, label, epochs, completed=first_epoch - 1) as bar, saving:
+        for epoch in range(first_epoch, epochs + 1):
+            members = [cfgs[i] for i in alive]
+            weights = [min(epoch / c.warmup, 1.0) if c.warmup else 1.0 for c in members]
+            perms = torch.stack([torch.randperm(n, generator=orders[i]) for i in alive])
+            epoch_data = EpochData(
+                members,
+                splits,
+                perms.to(device),
+                train_x,
+                train_y,
+                teacher_train_logits,
+                stats,
+                weights,
+            )
+            ones = torch.ones(len(alive), device=device)
+            pop.train()
+            lrs = schedules.lrs(alive)
+            running: list[Tensor | None] = [None] * len(epoch_data.families)
+            steps = 0
             # A last batch of one example would break BatchNorm; fold it away.
             for start in range(0, n - (1 if n % bs == 1 else 0), bs):
                 batch = slice(start, start + bs)
-                x = splits.inputs(xs[batch], train=True, generator=aug)
-                with _autocast(device, cfg.amp):
-                    logits, _ = model(x)
-                    logits_t = None if logits_te is None else logits_te[batch]
-                    if needs_teacher and stats is None and logits_te is None:
-                        with torch.no_grad():
-                            logits_t = teacher(x)[0].float()
-                batch_stats = None if stats_e is None else stats_e.rows(batch)
-                loss, terms = distill_loss(
-                    cfg, logits, logits_t, ys[batch], weight, stats=batch_stats
-                )
-                if not torch.isfinite(loss):
-                    raise DivergedError(epoch, steps + 1, loss.item())
-                for p in params:  # as opt.zero_grad(set_to_none=True), without its ~40 us wrappers
-                    p.grad = None
-                loss.backward()
-                opt.step()
-                values = torch.stack([loss.detach(), *terms.values()])  # one add per step
-                running = values if running is None else running + values
+                x = epoch_data.inputs(batch, [augs[i] for i in alive])
+                families = epoch_data.families
+                with _autocast(device, first.amp):
+                    logits, _ = pop(x)
+                    sides = [epoch_data.teacher(f, batch, x, teacher) for f in range(len(families))]
+                losses, terms = [], []
+                for f, (fam, (logits_t, fam_stats)) in enumerate(zip(families, sides, strict=True)):
+                    loss, term = population_loss(
+                        members[fam],
+                        logits if len(families) == 1 else logits[fam],
+                        logits_t,
+                        epoch_data.ys[fam, batch],
+                        weights[fam],
+                        stats=fam_stats,
+                        settings=epoch_data.settings[f],
+                    )
+                    losses.append(loss)
+                    terms.append(term)
+                loss_all = losses[0] if len(losses) == 1 else torch.cat(losses)
+                finite = torch.isfinite(loss_all)
+                if not bool(finite.all()):
+                    for k in (~finite).nonzero().flatten().tolist():
+                        if runs[alive[k]].error is None:
+                            value = loss_all[k].item()
+                            runs[alive[k]].error = DivergedError(epoch, steps + 1, value)
+                    if all(runs[i].error is not None for i in alive):
+                        break
+                loss_all.backward(ones)
+                opt.step(lrs)
+                for f, (loss, term) in enumerate(zip(losses, terms, strict=True)):
+                    values = torch.stack([loss.detach(), *term.values()], -1)  # one add per step
+                    total = running[f]
+                    running[f] = values if total is None else total + values
                 steps += 1
-                keys = ("train_loss", *terms)
-            sched.step()
-            row = {"epoch": float(epoch)}
-            row.update(zip(keys, (running / steps).tolist(), strict=True))
-            row["val_acc"] = float("nan")  # no validation split (val_fraction 0)
-            if len(val_y):
-                val_logits, _ = predict(
-                    model, splits, val_x, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp
+            schedules.step()
+            rows = _rows(epoch, running, terms, steps) if steps else []
+            if rows:  # val_acc, val_ece, train_nc1: evaluation only, the training is unchanged
+                bs_eval, amp = first.eval_batch_size, first.amp
+                run = functools.partial(
+                    predict, pop, splits, device=device, batch_size=bs_eval, amp=amp
                 )
-                row["val_acc"] = metrics.accuracy(val_logits, val_y)
-            history.append(row)
-            bar.advance(f"val_acc {row['val_acc']:.3f}")
-            if report is not None:
-                report(epoch, dict(row))
-    return model, history
+                evaluated = epoch_metrics(run, (val_x, val_y), (train_x, train_y), classes)
+                for row, extra in zip(rows, evaluated, strict=True):
+                    row.update(extra)
+            for i, row in zip(alive, rows, strict=False):
+                if runs[i].error is None:
+                    runs[i].history.append(row)
+            if keeper is not None:  # before the reports, which Tune attaches the state to
+                keeper.epoch_end(epoch, alive, pop, opt, schedules.lrs(alive), orders, augs, runs)
+            for i, row in zip(alive, rows, strict=False):
+                if runs[i].error is None and report is not None:
+                    try:
+                        report(i, epoch, dict(row))
+                    except Exception as exc:  # the member stops (pruned); the others go on
+                        runs[i].error = exc
+            bar.advance(_progress_text(rows))
+            if any(runs[i].error is not None for i in alive):
+                if all(runs[i].error is not None for i in alive):
+                    break
+                alive, pop, opt = _without_stopped(cfgs, runs, alive, pop, opt)
+    for k, i in enumerate(alive):
+        if runs[i].error is None:
+            runs[i].model = pop.member(k)
+    return runs
+
+
+def _without_stopped(
+    cfgs: Sequence[TrainConfig],
+    runs: Sequence[MemberRun],
+    alive: list[int],
+    pop: Population,
+    opt: PopulationOptimizer,
+) -> tuple[list[int], Population, PopulationOptimizer]:
+    """The population without its stopped members (some must go on)."""
+    keep = [k for k, i in enumerate(alive) if runs[i].error is None]
+    alive = [alive[k] for k in keep]
+    pop = pop.select(keep)
+    return alive, pop, opt.select(keep, [cfgs[i] for i in alive], list(pop.parameters()))
+
+
+def _rows(
+    epoch: int, running: list[Tensor | None], terms: list[dict[str, Tensor]], steps: int
+) -> list[dict[str, float]]:
+    """Each member's epoch row: the mean over the epoch's steps of its loss and terms."""
+    rows: list[dict[str, float]] = []
+    for total, term in zip(running, terms, strict=True):
+        keys = ("train_loss", *term)
+        assert total is not None
+        for values in (total / steps).tolist():
+            row = {"epoch": float(epoch)}
+            row.update(zip(keys, values, strict=True))
+            row["val_acc"] = float("nan")  # no validation split (val_fraction 0)
+            rows.append(row)
+    return rows
+
+
+def _progress_text(rows: list[dict[str, float]]) -> str:
+    if not rows:
+        return ""
+    if len(rows) == 1:
+        return f"val_acc {rows[0]['val_acc']:.3f}"
+    return f"mean val_acc {sum(r['val_acc'] for r in rows) / len(rows):.3f} of {len(rows)}"

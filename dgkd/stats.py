@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike
 from scipy import stats as sps
 
 __all__ = [
+    "ALPHA",
     "CONFIDENCE",
     "N_RESAMPLES",
     "PairedComparison",
@@ -34,10 +35,12 @@ __all__ = [
     "paired_test",
     "probability_of_improvement",
     "summarize",
+    "verdict",
 ]
 
 N_RESAMPLES = 10_000  # bootstrap resamples per interval
 CONFIDENCE = 0.95  # confidence level of every interval
+ALPHA = 0.05  # level at which a corrected p-value counts as a shown difference
 
 
 @dataclass(frozen=True)
@@ -197,3 +200,23 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     scaled = p[order] * (m - np.arange(m))
     out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return out.tolist()
+
+
+def verdict(low: float, high: float, p_corrected: float, *, higher_is_better: bool = True) -> str:
+    """The word for a paired difference with CI ``(low, high)`` and corrected p-value.
+
+    ``"supported"`` when the CI excludes zero on the better side *and* ``p_corrected < ALPHA``;
+    ``"opposite"`` when both say so on the worse side; ``"no difference"`` when the CI contains
+    zero and p >= ALPHA; ``"inconclusive"`` when the two disagree (with few seeds the percentile
+    bootstrap is narrow, so a CI alone is not trusted); ``"not checked"`` when undefined.
+    """
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(p_corrected)):
+        return "not checked"
+    beyond_ci = low > 0 or high < 0
+    significant = p_corrected < ALPHA
+    if beyond_ci and significant:
+        better = low > 0 if higher_is_better else high < 0
+        return "supported" if better else "opposite"
+    if not beyond_ci and not significant:
+        return "no difference"
+    return "inconclusive"

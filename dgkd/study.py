@@ -11,6 +11,11 @@ A study is a TOML file, e.g. ``studies/eps_sweep.toml``::
     trials = 200
     seed = 0
     enqueue = [{ epsilon = 0.0 }]   # run first (here: the DKD baseline)
+    seeds = 4                  # every trial trains seeds 0..3 (paired across trials)
+
+    [confirm]                  # retrain the top configs and the baseline on fresh seeds
+    top = 3
+    seeds = 10
 
     [base]                     # TrainConfig overrides shared by every trial
     epochs = 40
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +80,11 @@ _KEYS = (
     "trials",
     "seed",
     "enqueue",
+    "seeds",
+    "confirm",
     "base",
 )
+_CONFIRM_KEYS = ("top", "seeds")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,16 @@ class Study:
     trials: int = 100
     seed: int = 0
     enqueue: tuple[dict[str, Any], ...] = ()  # params enqueued first (eps_sweep: {epsilon = 0})
+    seeds: int = 1  # seeds per trial, trained as one population; the trial's value is their mean
+    confirm_top: int = 0  # configs the confirm stage retrains on fresh seeds (0 = no stage)
+    confirm_seeds: int = 10  # fresh seeds per config in the confirm stage
+
+    def trial_seeds(
+        self, overrides: dict[str, Any] | None = None, seeds: int | None = None
+    ) -> list[int]:
+        """The seeds every trial trains: the base config's seed and the next ``seeds - 1``."""
+        first = self.check_overrides(dict(overrides or {})).seed
+        return list(range(first, first + (self.seeds if seeds is None else seeds)))
 
     def config(
         self, params: dict[str, Any], overrides: dict[str, Any] | None = None
@@ -180,6 +197,22 @@ def load_study(name_or_path: str | Path) -> Study:
     if trials < 1:
         raise SpecError(f"{src}: trials: must be >= 1, got {trials}")
     seed = get("seed", int, 0)
+    seeds = get("seeds", int, 1)
+    if seeds < 1:
+        raise SpecError(f"{src}: seeds: must be >= 1 (seeds per trial), got {seeds}")
+    confirm = get("confirm", dict, {})
+    unknown = sorted(set(confirm) - set(_CONFIRM_KEYS))
+    if unknown:
+        raise SpecError(
+            f"{src}: confirm.{unknown[0]}: unknown key; allowed: {', '.join(_CONFIRM_KEYS)}"
+        )
+    confirm_top = confirm.get("top", Study.confirm_top)
+    confirm_seeds = confirm.get("seeds", Study.confirm_seeds)
+    for key, value in (("top", confirm_top), ("seeds", confirm_seeds)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"{src}: confirm.{key}: must be an integer >= 0, got {value!r}")
+    if confirm_top and confirm_seeds < 2:
+        raise SpecError(f"{src}: confirm.seeds: must be >= 2 to compare paired seeds")
     if "space" not in data:
         raise SpecError(f'{src}: space: missing; name a search space, e.g. space = "eps"')
     raw_space = data["space"]
@@ -221,6 +254,9 @@ def load_study(name_or_path: str | Path) -> Study:
         trials=trials,
         seed=seed,
         enqueue=enqueue,
+        seeds=seeds,
+        confirm_top=confirm_top,
+        confirm_seeds=confirm_seeds,
     )
     _check_space_configs(study)
     return study
@@ -302,8 +338,6 @@ def _check_space_configs(study: Study) -> None:
         values = [p.value] if p.fixed else list(p.choices) or [p.low, p.high]
         point = _representative(study.space)
         for value in values:
-            if isinstance(value, float) and not math.isfinite(value):
-                continue
             try:
                 study.config({**point, p.name: value})
             except ConfigError as exc:

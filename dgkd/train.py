@@ -1,38 +1,63 @@
-"""``train(cfg)``: one distillation run, ``TrainConfig`` in, ``TrainResult`` out.
+"""``train(cfg)``: one distillation run, ``TrainConfig`` in, ``TrainResult`` out; and
+``train_population(cfgs)``: many at once, each the same experiment as its ``train(cfg)``.
 
-It loads the data and the (cached) teacher, trains the student with :func:`dgkd.loop.fit`
-(reporting ``val_acc`` after every epoch, so a search can prune), and measures the final metrics
-on the last epoch's model: never the best epoch, and the test split only once, at the end.
+Both load the data and the (cached) teacher, train the students with
+:func:`dgkd.loop.fit_population` (reporting ``val_acc`` after every epoch, so a search can
+prune), and measure the final metrics on the last epoch's model: never the best epoch, and the
+test split only once, at the end. ``train(cfg)`` is ``train_population([cfg])[0]``.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from dgkd import metrics
-from dgkd.config import ConfigError, TrainConfig
+from dgkd.checkpoint import Checkpoint, as_checkpoint
+from dgkd.config import ConfigError, TrainConfig, field_names
 from dgkd.data import Splits, load_splits
-from dgkd.loop import Report, fit, predict, resolve_device
+from dgkd.loop import (
+    MEMBER_FIELDS,
+    PopulationReport,
+    Report,
+    fit_population,
+    predict,
+    resolve_device,
+)
 from dgkd.losses import grad_terms
 from dgkd.runtime import set_threads
-from dgkd.teacher import TeacherBundle, load_teacher
+from dgkd.teacher import TeacherBundle, load_teacher, teacher_key
 
-__all__ = ["TrainResult", "evaluate", "splits_for", "train"]
+__all__ = [
+    "TrainResult",
+    "evaluate",
+    "population_groups",
+    "splits_for",
+    "train",
+    "train_population",
+]
 
 
 @dataclass
 class TrainResult:
-    """Final metrics of a run (last epoch), its per-epoch history and its config."""
+    """Final metrics of a run (last epoch), its per-epoch history and its config.
+
+    A population member stopped early (its report raised, e.g. to prune, or its loss diverged)
+    has ``error`` set, its history up to then, no metrics and no model; ``train`` raises it.
+    """
 
     config: TrainConfig
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     duration_s: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)  # the trained student
+    error: Exception | None = field(default=None, repr=False)
 
 
 def splits_for(cfg: TrainConfig) -> Splits:
@@ -46,7 +71,13 @@ def splits_for(cfg: TrainConfig) -> Splits:
     )
 
 
-def train(cfg: TrainConfig, *, report: Report | None = None, progress: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    report: Report | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
+) -> TrainResult:
     """Distill the configured teacher into a fresh student and measure it.
 
     Args:
@@ -54,6 +85,11 @@ def train(cfg: TrainConfig, *, report: Report | None = None, progress: bool = Fa
         report: Called as ``report(epoch, metrics)`` after every epoch with at least
             ``val_acc`` and ``train_loss``. It may raise (e.g. to prune); the run then stops.
         progress: Show rich progress bars (teacher training, epochs) on the terminal.
+        checkpoint: A directory (or :class:`~dgkd.checkpoint.Checkpoint`) to save the run's
+            state in every ``cfg.checkpoint_every`` epochs and when interrupted; a state saved
+            there by the same config is resumed first, and the run ends exactly as an
+            uninterrupted one. The caller deletes it (:func:`dgkd.checkpoint.clear`) once the
+            results are kept.
 
     Returns:
         A :class:`TrainResult` whose ``metrics`` hold ``val_acc``, ``test_acc``,
@@ -64,38 +100,120 @@ def train(cfg: TrainConfig, *, report: Report | None = None, progress: bool = Fa
         ConfigError: invalid configuration for this data (e.g. dkd with fewer than 3 classes).
         DivergedError: the loss became non-finite.
     """
-    previous = set_threads(cfg.threads) if cfg.threads else None
-    try:
-        return _train(cfg, report=report, progress=progress)
-    finally:
-        if previous is not None:
-            set_threads(previous)
+    on_epoch = None if report is None else (lambda _member, epoch, row: report(epoch, row))
+    (result,) = train_population([cfg], report=on_epoch, progress=progress, checkpoint=checkpoint)
+    if result.error is not None:
+        raise result.error
+    return result
 
 
-def _train(cfg: TrainConfig, *, report: Report | None, progress: bool) -> TrainResult:
+def train_population(
+    cfgs: Sequence[TrainConfig],
+    *,
+    report: PopulationReport | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
+) -> list[TrainResult]:
+    """Train every config, sharing tensor operations: ``results[i]`` is ``train(cfgs[i])``.
+
+    Configs that may share a population (:func:`population_groups`: they differ only in seed,
+    loss settings, lr and weight decay) train as one, K students in one set of tensor
+    operations; the others as further populations, one after another. A member's results do not
+    depend on its neighbours: they are those of its own ``train(cfg)``.
+
+    Args:
+        cfgs: The runs' configurations.
+        report: Called as ``report(i, epoch, metrics)`` after every epoch of ``cfgs[i]``. If it
+            raises (e.g. to prune), that member stops, and its result carries the exception in
+            ``error``; the others go on.
+        progress: Show rich progress bars on the terminal.
+        checkpoint: As for :func:`train`: each population keeps its own file there.
+
+    Returns:
+        One :class:`TrainResult` per config, in order. A member stopped early has ``error`` set
+        (the exception of its report, or a ``DivergedError``) and no metrics. ``duration_s`` is
+        its population's wall time.
+
+    Raises:
+        ConfigError: invalid configuration for this data (e.g. dkd with fewer than 3 classes).
+    """
+    results: list[TrainResult | None] = [None] * len(cfgs)
+    keep = as_checkpoint(checkpoint)
+    for group in population_groups(cfgs):
+        members = [cfgs[i] for i in group]
+
+        def on_epoch(k: int, epoch: int, row: dict[str, float], group=group) -> None:
+            if report is not None:
+                report(group[k], epoch, row)
+
+        threads = members[0].threads
+        previous = set_threads(threads) if threads else None
+        try:
+            done = _train_population(members, report=on_epoch, progress=progress, checkpoint=keep)
+        finally:
+            if previous is not None:
+                set_threads(previous)
+        for i, result in zip(group, done, strict=True):
+            results[i] = result
+    return [r for r in results if r is not None]
+
+
+def population_groups(cfgs: Sequence[TrainConfig]) -> list[list[int]]:
+    """Indices of ``cfgs`` grouped into populations: equal in every field but
+    :data:`~dgkd.loop.MEMBER_FIELDS`, and sharing one teacher (with ``teacher_lr=0`` the
+    teacher trains at the student's lr, so lr can split a group), in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        shared = tuple(getattr(cfg, k) for k in field_names() if k not in MEMBER_FIELDS)
+        key = (*shared, cfg.teacher_checkpoint or teacher_key(cfg))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _train_population(
+    cfgs: list[TrainConfig],
+    *,
+    report: PopulationReport,
+    progress: bool,
+    checkpoint: Checkpoint | None,
+) -> list[TrainResult]:
     start = time.perf_counter()
+    cfg = cfgs[0]
     device = resolve_device(cfg.device)
     splits = splits_for(cfg)
-    if cfg.method in ("dkd", "dgkd") and splits.num_classes < 3:
-        raise ConfigError(
-            f"method {cfg.method} needs at least 3 classes ({cfg.dataset} has "
-            f"{splits.num_classes}): NCKD is undefined; use kd or ce"
-        )
+    if splits.num_classes < 3:
+        for c in cfgs:
+            if c.method in ("dkd", "dgkd"):
+                raise ConfigError(
+                    f"method {c.method} needs at least 3 classes ({c.dataset} has "
+                    f"{splits.num_classes}): NCKD is undefined; use kd or ce"
+                )
     bundle: TeacherBundle = load_teacher(cfg, splits, device=device, progress=progress)
-    model, history = fit(
-        cfg,
+    runs = fit_population(
+        cfgs,
         splits,
         teacher=bundle.model,
         teacher_train_logits=None if splits.augment else bundle.train_logits,
         device=device,
         report=report,
         progress=progress,
+        checkpoint=checkpoint,
     )
-    final = evaluate(cfg, splits, model, bundle, device=device)
-    final["epochs"] = float(cfg.epochs)
-    final["train_loss"] = history[-1]["train_loss"]
-    final["duration_s"] = time.perf_counter() - start
-    return TrainResult(cfg, final, history, final["duration_s"], model)
+    results = []
+    for member, run in zip(cfgs, runs, strict=True):
+        if run.error is not None or run.model is None:
+            results.append(TrainResult(member, {}, run.history, model=None, error=run.error))
+            continue
+        final = evaluate(member, splits, run.model, bundle, device=device)
+        final["epochs"] = float(member.epochs)
+        final["train_loss"] = run.history[-1]["train_loss"]
+        results.append(TrainResult(member, final, run.history, model=run.model))
+    duration = time.perf_counter() - start
+    for result in results:
+        result.duration_s = duration
+        if result.error is None:
+            result.metrics["duration_s"] = duration
+    return results
 
 
 def evaluate(
@@ -107,9 +225,11 @@ def evaluate(
     device: torch.device,
 ) -> dict[str, float]:
     """The final metrics of a trained student against its teacher."""
-    kw = {"device": device, "batch_size": cfg.eval_batch_size, "amp": cfg.amp}
-    test_logits, _ = predict(model, splits, splits.test_x, **kw)
-    train_logits, train_feats = predict(model, splits, splits.train_x, **kw)
+    run = functools.partial(
+        predict, model, splits, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp
+    )
+    test_logits, _ = run(splits.test_x)
+    train_logits, train_feats = run(splits.train_x)
     test_y, train_y = splits.test_y.to(device), splits.train_y.to(device)
     out = {
         "val_acc": float("nan"),
@@ -122,7 +242,7 @@ def evaluate(
         "teacher_test_acc": metrics.accuracy(bundle.test_logits, test_y),
     }
     if len(splits.val_y):
-        val_logits, _ = predict(model, splits, splits.val_x, **kw)
+        val_logits, _ = run(splits.val_x)
         out["val_acc"] = metrics.accuracy(val_logits, splits.val_y.to(device))
     out.update(_gradient_diagnostics(cfg, train_logits, bundle.train_logits, train_y, splits))
     return out

@@ -39,6 +39,18 @@ CASES: list[tuple[str, Callable[..., int], Callable[[Path], list[str]], int, tup
     ("train image files missing", train_main,
      lambda t: ["--set", "dataset=svhn", "--set", f"data_root={t}", "--set", "teacher=resnet8",
                 "--set", "student=resnet8"], 2, ("svhn", "download")),
+    ("train --config missing", train_main,
+     lambda t: ["--config", str(t / "best.json"), "--out", str(t / "o")], 2, ("best.json",)),
+    ("train --config not JSON", train_main,
+     lambda t: ["--config", str(_file(t)), "--out", str(t / "o")], 2, ("a-file", "JSON")),
+    ("train --config of a search with no result", train_main,
+     lambda t: ["--config", _json(t, '{"study": "s", "config": null}'), "--out", str(t / "o")],
+     2, ("no configuration",)),
+    ("train --config with a bad field", train_main,
+     lambda t: ["--config", _json(t, '{"lr": -1}'), "--out", str(t / "o")], 2, ("lr",)),
+    ("search --mlflow unusable", search_main,
+     lambda t: ["--study", "smoke", "--mlflow", "nonsense-scheme://x", "--out", str(t / "o")], 2,
+     ("--mlflow",)),
     ("search unknown study", search_main, lambda t: ["--study", "nope", "--out", str(t / "o")], 2,
      ("nope",)),
     ("search unknown space", search_main,
@@ -86,6 +98,12 @@ CASES: list[tuple[str, Callable[..., int], Callable[[Path], list[str]], int, tup
     ("ablate unknown study", ablate_main,
      lambda t: ["--variants", "ce", "--study", "nope", "--out", str(t / "o")], 2, ("nope",)),
 ]  # fmt: skip
+
+
+def _json(tmp: Path, text: str) -> str:
+    path = tmp / "given.json"
+    path.write_text(text)
+    return str(path)
 
 
 def _file(tmp: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import memory, profile, search, trial
+from benchmarks import ablate, memory, profile, search, trial
 from benchmarks.__main__ import COMPARISONS, main
 from benchmarks.report import Comparison, Row, markdown
 
@@ -23,6 +23,7 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
         "Memory",
         "Profile",
         "Search",
+        "Ablation",
     ):
         assert heading in text
     assert "speed-up at (64, 100)" in text and "DGKD/CE" in text
@@ -30,6 +31,8 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
     assert "2 cores" in text or "cores" in text  # the machine description is recorded
     assert "aten ops per call" in text and "dgkd step: loss forward" in text
     assert "median pruner" in text and "2 workers / 1 worker" in text
+    assert "dgkd-ablate / train() per cell" in text
+    assert "identical test accuracy in 8 of 8 cells" in text
 
 
 def test_bad_counts_are_one_line_errors(tmp_path: Path, capsys) -> None:
@@ -63,12 +66,12 @@ def test_cuda_runs_only_the_loss_and_step_comparisons(tmp_path: Path, capsys, mo
 
 
 def test_every_comparison_is_a_module_taking_the_device() -> None:
-    assert list(COMPARISONS) == ["loss", "steps", "trial", "memory", "profile", "search"]
+    assert list(COMPARISONS) == ["loss", "steps", "trial", "memory", "profile", "search", "ablate"]
     for name, run in COMPARISONS.items():
         assert run.__module__ == f"benchmarks.{name}"
 
 
-@pytest.mark.parametrize("module", [trial, memory, profile])
+@pytest.mark.parametrize("module", [trial, memory, profile, ablate])
 def test_cpu_comparisons_refuse_another_device(module) -> None:
     with pytest.raises(ValueError, match="CPU only"):
         module.run(torch.device("cuda"), quick=True)

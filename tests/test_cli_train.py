@@ -95,3 +95,31 @@ def test_divergence_exits_1_and_debug_shows_it(capsys) -> None:
     assert "loss became nan at epoch 1" in _error_line(capsys)
     with pytest.raises(DivergedError):
         train_main([*args, "--debug"])
+
+
+def test_out_saves_config_metrics_history_and_student(tmp_path: Path, capsys) -> None:
+    import pandas as pd
+    import torch
+
+    from dgkd.models import build_model
+
+    out = tmp_path / "run"
+    assert train_main([*TINY, "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "history.csv", "metrics.json", "student.pt",
+    ]  # fmt: skip
+    assert json.loads((out / "config.json").read_text()) == printed["config"]
+    assert json.loads((out / "metrics.json").read_text()) == printed["metrics"]
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and "val_acc" in history.columns
+    assert history["val_acc"].iloc[-1] == pytest.approx(printed["metrics"]["val_acc"], abs=1e-6)
+    cfg = printed["config"]
+    model = build_model(cfg["student"], num_classes=10, input_shape=(40,),
+                        width=cfg["student_width"])  # fmt: skip
+    model.load_state_dict(torch.load(out / "student.pt", weights_only=True))  # strict
+
+    # The saved config.json reruns the same run; flags change it on top.
+    assert train_main(["--config", str(out / "config.json"), "--json", "--set", "seed=1"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["config"] == {**printed["config"], "seed": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dgkd.data import DATASETS, load_splits
+from dgkd.data import DATASETS, _carve, load_splits
 
 
 def _rows(x: torch.Tensor) -> set[bytes]:
@@ -62,3 +62,31 @@ def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'") as info:
         load_splits("imagenet")
     assert all(name in str(info.value) for name in DATASETS)
+
+
+# --- the split rule itself ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "n_val"),
+    [(10, 0.3, 3), (10, 0.0, 0), (10, 0.99, 10), (4000, 0.1, 400), (7, 0.5, 4), (5, 0.1, 0)],
+)
+def test_carve_sizes_partition_and_order(n: int, fraction: float, n_val: int) -> None:
+    train, val = _carve(n, fraction, 0)
+    assert len(val) == n_val == round(n * fraction)
+    assert len(train) == n - n_val
+    assert sorted(train.tolist() + val.tolist()) == list(range(n))  # disjoint and complete
+    assert train.tolist() == sorted(train.tolist()) and val.tolist() == sorted(val.tolist())
+    assert train.dtype == val.dtype == torch.int64
+
+
+def test_carve_is_a_seeded_random_choice() -> None:
+    a_train, a_val = _carve(100, 0.2, 3)
+    b_train, b_val = _carve(100, 0.2, 3)
+    assert torch.equal(a_val, b_val) and torch.equal(a_train, b_train)
+    assert not torch.equal(_carve(100, 0.2, 4)[1], a_val)
+    assert not torch.equal(a_val, torch.arange(20)) and not torch.equal(
+        a_val, torch.arange(80, 100)
+    )
+    # The validation part is a prefix of the seed's permutation: a larger fraction only adds.
+    assert set(a_val.tolist()) < set(_carve(100, 0.3, 3)[1].tolist())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +81,130 @@ def test_kl_to_teacher() -> None:
     want = (q * (q / p).log()).sum(1).mean().item()  # KL(teacher || student)
     assert kl_to_teacher(logits, teacher) == pytest.approx(want, rel=1e-12)
     assert not math.isclose(kl_to_teacher(teacher, logits), want, rel_tol=1e-3)
+
+
+# --- pinned values: hand-worked cases that a wrong bin, count or axis changes -----------------
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call a metric with warnings as errors: an implicit (deprecated) softmax axis or a
+    degenerate reduction warns, and a metric must not rely on either."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return fn(*args, **kwargs)
+
+
+def test_accuracy_and_agreement_away_from_one_half() -> None:
+    # Predictions 0, 1, 2, 2 against labels 0, 1, 2, 0: three right. At 0.5 (the case above) a
+    # flipped comparison would give the same number.
+    logits = torch.tensor([[3.0, 1, 0], [0, 2, 1], [0, 1, 4], [1, 0, 2]])
+    labels = torch.tensor([0, 1, 2, 0])
+    assert _quiet(accuracy, logits, labels) == 0.75
+    teacher = torch.tensor([[5.0, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]])  # predicts 0, 2, 2, 2
+    assert _quiet(agreement, logits, teacher) == 0.75
+    assert _quiet(agreement, teacher, logits) == 0.75
+    assert _quiet(accuracy, logits, torch.tensor([1, 0, 0, 1])) == 0.0
+
+
+def _conf(probs: list[float]) -> float:
+    return torch.softmax(_logits_for([probs]), dim=1).max().item()
+
+
+def test_ece_keeps_adjacent_top_bins_apart() -> None:
+    # 15 bins: 0.9 lies in (13/15, 14/15], 0.95 in (14/15, 1]. Separate bins give
+    # (|1 - 0.9| + |0 - 0.95|) / 2 = 0.525; merged into one they would give |0.5 - 0.925| = 0.425.
+    probs = [[0.9, 0.05, 0.05], [0.03, 0.95, 0.02]]
+    got = _quiet(ece, _logits_for(probs), torch.tensor([0, 0]))  # right, then wrong
+    assert got == pytest.approx(0.525, abs=1e-12)
+
+
+def test_ece_keeps_the_two_lowest_bins_apart() -> None:
+    # Two bins: 0.4 in (0, 0.5], 0.8 in (0.5, 1]: (|1 - 0.4| + |0 - 0.8|) / 2 = 0.7 (merged: 0.1).
+    logits = _logits_for([[0.4, 0.3, 0.3], [0.1, 0.8, 0.1]])
+    assert _quiet(ece, logits, torch.tensor([0, 0]), bins=2) == pytest.approx(0.7, abs=1e-12)
+    # 15 bins over 20 classes: 0.05 in (0, 1/15], 0.1 in (1/15, 2/15].
+    low = [0.05] * 20
+    second = [0.1] * 10 + [0.0] * 10
+    logits = _logits_for([low, second])
+    assert [_conf(low), _conf(second)] == [pytest.approx(0.05), pytest.approx(0.1)]
+    # right at 0.05, wrong at 0.1: (0.95 + 0.1) / 2; merged it would be |0.5 - 0.075|.
+    got = _quiet(ece, logits, torch.tensor([0, 15]))
+    assert got == pytest.approx((0.95 + 0.1) / 2, abs=1e-12)
+
+
+def test_ece_confidence_on_a_bin_edge_belongs_to_the_lower_bin() -> None:
+    # Bins are (b/B, (b+1)/B]. Confidences exactly 0.4 = 6/15, 0.5 and 1.0 (exact in binary).
+    edge = [0.4, 0.3, 0.3]
+    assert _conf(edge) == 0.4 and _conf(edge) * 15 == 6.0
+    above = [0.41, 0.3, 0.29]  # in (6/15, 7/15]
+    logits = _logits_for([edge, above])
+    # 0.4 right alone in (5/15, 6/15]; 0.41 wrong alone: (0.6 + 0.41) / 2. Put in the upper bin,
+    # 0.4 would share it with 0.41: |0.5 - 0.405| = 0.095.
+    assert _quiet(ece, logits, torch.tensor([0, 2])) == pytest.approx(0.505, abs=1e-12)
+    # Two bins: 0.5 (two tied classes; argmax takes the first) is in (0, 0.5], 1.0 in (0.5, 1].
+    half = torch.tensor([[0.0, 0.0, -math.inf], [0.0, -math.inf, -math.inf]], dtype=torch.float64)
+    assert torch.softmax(half, 1).max(1).values.tolist() == [0.5, 1.0]
+    # 0.5 wrong, 1.0 right: (0.5 + 0) / 2; merged into one bin: |0.5 - 0.75| = 0.25.
+    assert _quiet(ece, half, torch.tensor([1, 0]), bins=2) == pytest.approx(0.25, abs=1e-12)
+    assert _quiet(ece, half, torch.tensor([1, 0]), bins=1) == pytest.approx(0.25, abs=1e-12)
+
+
+def _naive_nc1(h: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Papyan et al.'s NC1 written out sample by sample, with numpy's pseudo-inverse."""
+    x = h.double().flatten(1).numpy()
+    y = labels.numpy()
+    classes = sorted(set(y.tolist()))
+    mu_g = x.mean(0)
+    mu = {c: x[y == c].mean(0) for c in classes}
+    d = x.shape[1]
+    sigma_w = np.zeros((d, d))
+    for row, c in zip(x, y, strict=True):
+        v = row - mu[c]
+        sigma_w += np.outer(v, v)
+    sigma_w /= len(x)
+    sigma_b = np.zeros((d, d))
+    for c in classes:
+        v = mu[c] - mu_g
+        sigma_b += np.outer(v, v)
+    sigma_b /= len(classes)
+    return float(np.trace(sigma_w @ np.linalg.pinv(sigma_b)) / num_classes)
+
+
+def test_nc1_absolute_value_by_hand() -> None:
+    # One feature. Class 0: {0, 2} (mean 1), class 1: {4, 6} (mean 5), global mean 3.
+    # Sigma_W = (1 + 1 + 1 + 1) / 4 = 1; Sigma_B = ((1 - 3)^2 + (5 - 3)^2) / 2 = 4;
+    # NC1 = Sigma_W / Sigma_B / C = 1 / 4 / 2. Labels interleaved to check the class lookup.
+    feats = torch.tensor([[4.0], [0.0], [6.0], [2.0]])
+    labels = torch.tensor([1, 0, 1, 0])
+    assert _quiet(nc1, feats, labels, 2) == pytest.approx(0.125, rel=1e-12)
+    # C counts every class of the task; Sigma_B averages over the classes present.
+    assert _quiet(nc1, feats, labels, 3) == pytest.approx(1 / 12, rel=1e-12)
+
+
+def test_nc1_matches_the_naive_formula() -> None:
+    g = torch.Generator().manual_seed(4)
+    labels = torch.tensor([0, 1, 2, 3, 4] * 7 + [0, 2])  # unequal class sizes
+    feats = torch.randn(len(labels), 3, 2, generator=g) + 2.0  # image-shaped, not centred
+    feats += torch.randn(5, 3, 2, generator=g)[labels] * 3
+    want = _naive_nc1(feats, labels, 6)
+    assert _quiet(nc1, feats, labels, 6) == pytest.approx(want, rel=1e-9)
+    # More features than classes: Sigma_B is singular and its pseudo-inverse is what counts.
+    wide = torch.randn(len(labels), 8, generator=g) + torch.randn(5, 8, generator=g)[labels]
+    assert _quiet(nc1, wide, labels, 5) == pytest.approx(_naive_nc1(wide, labels, 5), rel=1e-9)
+
+
+def test_kl_to_teacher_by_hand() -> None:
+    # Teacher (1/2, 1/4, 1/4), student uniform: KL = 1/2 ln(3/2) + 2 (1/4) ln(3/4) = ln(9/8) / 2.
+    teacher = _logits_for([[0.5, 0.25, 0.25]])
+    student = torch.zeros(1, 3, dtype=torch.float64)
+    assert _quiet(kl_to_teacher, student, teacher) == pytest.approx(math.log(9 / 8) / 2, rel=1e-12)
+    # The other direction: 3 (1/3) ln((1/3) / q) = ln(1/3) - (ln(1/2) + 2 ln(1/4)) / 3.
+    reverse = math.log(1 / 3) - (math.log(0.5) + 2 * math.log(0.25)) / 3
+    assert _quiet(kl_to_teacher, teacher, student) == pytest.approx(reverse, rel=1e-12)
+    # The mean over rows: a second, identical pair halves it; a row softmax, not a column one.
+    both = _quiet(
+        kl_to_teacher,
+        torch.cat([student, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)]),
+        torch.cat([teacher, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)]),
+    )
+    assert both == pytest.approx(math.log(9 / 8) / 4, rel=1e-12)

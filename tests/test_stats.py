@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from dgkd.stats import (
+    CONFIDENCE,
+    N_RESAMPLES,
     bootstrap_ci,
     compare_paired,
     holm,
@@ -105,3 +108,157 @@ def test_compare_paired_delta_ci_is_the_bootstrap_of_the_differences():
     assert (cmp.delta_ci_low, cmp.delta_ci_high) == pytest.approx((low, high))
     assert low <= cmp.delta <= high
     assert cmp.delta == pytest.approx(0.01)
+
+
+# --- pinned against independent references ----------------------------------------------------
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call with warnings as errors: degenerate inputs must give NaN (or the value) quietly,
+    not a RuntimeWarning in the middle of an ablation table."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return fn(*args, **kwargs)
+
+
+def _scipy_ci(values, *, seed: int, confidence: float = 0.95, n_resamples: int = 10_000):
+    res = sps.bootstrap(
+        (np.asarray(values, dtype=float),),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+# Twenty continuous values: resampled means are practically all distinct, so an interval at
+# another level, method, resample count or seed cannot coincide by chance.
+SAMPLE = np.random.default_rng(7).normal(0.6, 0.05, size=20)
+
+
+def test_bootstrap_ci_is_scipys_percentile_interval_at_95_with_seed_0() -> None:
+    assert (CONFIDENCE, N_RESAMPLES) == (0.95, 10_000)
+    want = _scipy_ci(SAMPLE, seed=0)
+    assert _quiet(bootstrap_ci, SAMPLE) == pytest.approx(want, rel=1e-12)
+    assert _quiet(bootstrap_ci, SAMPLE.tolist(), seed=3) == pytest.approx(
+        _scipy_ci(SAMPLE, seed=3), rel=1e-12
+    )
+    # The other methods and levels give other intervals on this sample.
+    bca = sps.bootstrap((SAMPLE,), np.mean, rng=np.random.default_rng(0)).confidence_interval
+    assert bootstrap_ci(SAMPLE) != pytest.approx((bca.low, bca.high), rel=1e-6)
+    assert bootstrap_ci(SAMPLE) != pytest.approx(_scipy_ci(SAMPLE, seed=0, confidence=0.9))
+
+
+def test_bootstrap_ci_passes_confidence_and_resamples_through() -> None:
+    got = _quiet(bootstrap_ci, SAMPLE, seed=1, confidence=0.8, n_resamples=2000)
+    assert got == pytest.approx(_scipy_ci(SAMPLE, seed=1, confidence=0.8, n_resamples=2000))
+    narrow, wide = bootstrap_ci(SAMPLE, confidence=0.5), bootstrap_ci(SAMPLE, confidence=0.99)
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
+
+
+def test_summarize_ci_and_seed_are_the_bootstraps() -> None:
+    s = _quiet(summarize, SAMPLE)
+    assert (s.ci_low, s.ci_high) == pytest.approx(_scipy_ci(SAMPLE, seed=0), rel=1e-12)
+    s5 = _quiet(summarize, SAMPLE, seed=5)
+    assert (s5.ci_low, s5.ci_high) == pytest.approx(_scipy_ci(SAMPLE, seed=5), rel=1e-12)
+    assert s.mean == pytest.approx(float(np.mean(SAMPLE)), rel=1e-15)
+    assert s.std == pytest.approx(float(np.std(SAMPLE, ddof=1)), rel=1e-12)
+
+
+def test_two_values_have_a_standard_deviation() -> None:
+    s = _quiet(summarize, [1.0, 3.0])
+    assert (s.n, s.mean, s.std) == (2, 2.0, pytest.approx(math.sqrt(2.0)))
+
+
+def test_degenerate_inputs_are_quiet() -> None:
+    # Constant values: scipy would warn (and find no spread); the interval is the value itself.
+    assert _quiet(bootstrap_ci, [0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert _quiet(bootstrap_ci, [2.0, 2.0]) == (2.0, 2.0)
+    empty = _quiet(summarize, [])
+    assert empty.n == 0 and math.isnan(empty.mean) and math.isnan(empty.std)
+    one = _quiet(summarize, [4.0])
+    assert one.mean == 4.0 and math.isnan(one.std)
+    none = _quiet(compare_paired, [math.nan, 1.0], [1.0, math.nan])
+    assert none.n_pairs == 0 and math.isnan(none.delta) and math.isnan(none.p)
+    assert math.isnan(none.delta_ci_low) and math.isnan(none.delta_ci_high)
+
+
+def test_missing_values_may_be_none() -> None:
+    # Final metrics go through JSON, where NaN is written as null: None counts as missing too.
+    assert _quiet(summarize, [1.0, None, 3.0]) == _quiet(summarize, [1.0, math.nan, 3.0])
+    cmp = _quiet(compare_paired, [1.0, None, 3.0, 4.0], [0.0, 1.0, 1.0, None])
+    assert cmp.n_pairs == 2 and cmp.delta == pytest.approx(1.5)
+    cmp = _quiet(compare_paired, [0.0, 1.0, 1.0, None], [1.0, None, 3.0, 4.0])
+    assert cmp.n_pairs == 2 and cmp.delta == pytest.approx(-1.5)
+    out = holm([None, 0.02, 0.5])
+    assert math.isnan(out[0]) and out[1:] == pytest.approx([0.04, 0.5])
+    assert math.isnan(paired_test([1.0, None, 2.0], [0.0, 1.0, 1.0]))
+    assert math.isnan(paired_test([0.0, 1.0, 1.0], [1.0, None, 2.0]))
+
+
+def test_unequal_lengths_are_refused_with_a_message() -> None:
+    for fn in (paired_test, compare_paired):
+        with pytest.raises(ValueError, match=r"^paired samples must have the same length$"):
+            fn([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_paired_t_test_on_a_fixed_sample() -> None:
+    x = [0.62, 0.65, 0.61, 0.66, 0.64]
+    y = [0.60, 0.61, 0.60, 0.62, 0.63]
+    # d = [0.02, 0.04, 0.01, 0.04, 0.01]: mean 0.024, s^2 = (2 (0.016^2) + 2 (0.014^2) + 0.004^2)
+    # / 4 = 0.00023, t = 0.024 / sqrt(0.00023 / 5) = 3.5386 with 4 degrees of freedom.
+    t = 0.024 / math.sqrt(0.00023 / 5)
+    assert t == pytest.approx(3.538607, rel=1e-6)
+    assert _quiet(paired_test, x, y) == pytest.approx(2 * sps.t.sf(t, 4), rel=1e-9)
+    assert paired_test(x, y) == pytest.approx(0.024, abs=0.002)  # about 0.024, by a table
+    # A constant shift in the first two pairs only: not the constant-difference shortcut.
+    assert 0.0 < paired_test([1.0, 2.0, 3.5], [0.0, 1.0, 3.0]) < 1.0
+
+
+def test_probability_of_improvement_on_fixed_samples() -> None:
+    x, y = [0.70, 0.72, 0.68, 0.71], [0.69, 0.70, 0.73]
+    # Wins of x over y: 0.70 beats 0.69, ties 0.70 (1.5); 0.72 beats two (2); 0.68 none (0);
+    # 0.71 beats two (2): 5.5 of 12.
+    assert _quiet(probability_of_improvement, x, y) == pytest.approx(5.5 / 12)
+    assert probability_of_improvement(x, y, higher_is_better=False) == pytest.approx(6.5 / 12)
+    assert math.isnan(probability_of_improvement([], [1.0]))
+    assert math.isnan(probability_of_improvement([1.0], [math.nan]))
+
+
+def test_holm_hand_worked_table() -> None:
+    #   p      rank  m - rank  scaled  running max  adjusted
+    #   0.001  0     5         0.005   0.005        0.005
+    #   0.01   1     4         0.04    0.04         0.04
+    #   0.012  2     3         0.036   0.04         0.04
+    #   0.02   3     2         0.04    0.04         0.04
+    #   0.3    4     1         0.3     0.3          0.3
+    got = holm([0.02, 0.3, 0.001, 0.012, 0.01])
+    assert got == pytest.approx([0.04, 0.3, 0.005, 0.04, 0.04], rel=1e-12)
+    # Ties: both get the larger step-down factor.
+    assert holm([0.01, 0.01, 0.5]) == pytest.approx([0.03, 0.03, 0.5])
+    assert holm([0.2, 0.45]) == pytest.approx([0.4, 0.45])
+    assert holm([0.3, 0.8]) == pytest.approx([0.6, 0.8])
+    assert holm([0.6, 0.01]) == pytest.approx([0.6, 0.02])
+    assert holm([0.7]) == [0.7]
+
+
+def test_compare_paired_against_independent_references() -> None:
+    var = SAMPLE + np.random.default_rng(8).normal(0.01, 0.01, size=20)
+    ref = SAMPLE
+    cmp = _quiet(compare_paired, var, ref, seed=4)
+    d = var - ref
+    assert cmp.n_pairs == 20
+    assert cmp.delta == pytest.approx(float(d.mean()), rel=1e-12)
+    assert (cmp.delta_ci_low, cmp.delta_ci_high) == pytest.approx(_scipy_ci(d, seed=4), rel=1e-12)
+    assert cmp.p == pytest.approx(sps.ttest_rel(var, ref).pvalue, rel=1e-9)
+    u = sum((a > b) + 0.5 * (a == b) for a in var for b in ref)
+    assert cmp.p_improve == pytest.approx(u / 400)
+    default = _quiet(compare_paired, var, ref)
+    assert (default.delta_ci_low, default.delta_ci_high) == pytest.approx(
+        _scipy_ci(d, seed=0), rel=1e-12
+    )
+    lower = compare_paired(var, ref, higher_is_better=False)
+    assert lower.p_improve == pytest.approx(1 - u / 400)
+    assert lower.delta == cmp.delta and lower.p == cmp.p

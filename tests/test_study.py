@@ -167,3 +167,211 @@ def test_malformed_study_toml_names_the_line(tmp_path: Path) -> None:
 def test_unknown_study_lists_the_shipped_ones() -> None:
     with pytest.raises(SpecError, match=r"unknown study 'nope'; choose one of: .*eps_sweep"):
         load_study("nope")
+
+
+# --- boundaries --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('space = "eps"\ntrials = -1\n', "mine.toml: trials: must be >= 1, got -1"),
+        ('space = "eps"\ndescription = 3\n', "mine.toml: description: must be of type str, got 3"),
+        ('space = "eps"\nenqueue = { epsilon = 1.0 }\n', "enqueue: must be of type list"),
+        ('space = "eps"\nbase = 1\n', "mine.toml: base: must be of type dict, got 1"),
+        ("space = 3\n", "mine.toml: space: must be a space name, a path or a table"),
+        ('space = "eps"\n[base]\nepochs = true\n', "base.epochs: epochs must be of type int"),
+        ('space = "eps"\n[base]\namp = 1\n', "mine.toml: base.amp: amp must be of type bool"),
+        ('space = "eps"\n[base.epochs]\nx = 1\n', "base.epochs: must be a value, not a table"),
+        ('space = "eps"\nmetric = "test_ece"\n', "metric: test_ece is measured on the test split"),
+        ('space = "eps"\nmetric = 3\n', "mine.toml: metric: must be of type str, got 3"),
+        ('space = "eps"\nmetric = "grad_cos"\n', "pruner: grad_cos is measured only at the end"),
+        ("[space.alpha]\nvalue = 1.0\n", "every parameter is fixed; nothing to search"),
+        (
+            '[space.method]\ntype = "categorical"\nchoices = ["dkd", "nope"]\n',
+            "mine.toml [space]: method.choices: method must be one of ce, kd, dkd, dgkd",
+        ),
+        (
+            '[space.val_fraction]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n',
+            "[space]: val_fraction.bounds: val_fraction must be in [0, 1), got 1.0",
+        ),
+        (
+            '[space.epsilon]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n'
+            '[space.optimizer]\nvalue = "nope"\n',
+            "[space]: optimizer.value: optimizer must be one of sgd, adam, adamw",
+        ),
+        (
+            "enqueue = [{ epsilon = 0.25 }]\n"
+            '[space.epsilon]\ntype = "float"\nlow = 0.0\nhigh = 1.0\nstep = 0.5\n',
+            "enqueue[0].epsilon: 0.25 is outside the parameter's range",
+        ),
+    ],
+)
+def test_study_boundaries_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    message = str(info.value)
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_study_boundaries_that_are_valid(tmp_path: Path) -> None:
+    study = load_study(
+        write(
+            tmp_path,
+            'space = "eps"\ntrials = 1\nseed = -3\nmetric = "train_loss"\ndirection = "minimize"\n'
+            'sampler = "random"\npruner = "hyperband"\nenqueue = [{ epsilon = 10.0 }, {}]\n'
+            "[base]\nlr = 1\nepochs = 2\namp = true\n",
+        )
+    )
+    assert (study.trials, study.seed, study.metric, study.direction) == (
+        1,
+        -3,
+        "train_loss",
+        "minimize",
+    )
+    assert (study.sampler, study.pruner, study.description) == ("random", "hyperband", "")
+    assert study.enqueue == ({"epsilon": 10.0}, {})
+    assert study.base == {"lr": 1.0, "epochs": 2, "amp": True}
+    assert type(study.base["lr"]) is float
+    # A final-only metric is fine without a pruner; a stepped float makes a grid.
+    final = load_study(write(tmp_path, 'space = "eps"\nmetric = "train_nc1"\npruner = "none"\n'))
+    assert final.metric == "train_nc1" and final.pruner == "none"
+    grid = load_study(
+        write(
+            tmp_path,
+            'sampler = "grid"\n[space.epsilon]\ntype = "float"\nlow = 0.0\nhigh = 1.0\nstep = 0.5\n'
+            '[space.optimizer]\ntype = "categorical"\nchoices = ["sgd", "adam"]\n',
+        )
+    )
+    assert grid.space.grid() == {"epsilon": [0.0, 0.5, 1.0], "optimizer": ["sgd", "adam"]}
+    # The defaults of everything optional.
+    bare = load_study(write(tmp_path, 'space = "eps"\n'))
+    assert (bare.metric, bare.direction, bare.sampler, bare.pruner) == (
+        "val_acc",
+        "maximize",
+        "tpe",
+        "median",
+    )
+    assert (bare.trials, bare.seed, bare.enqueue, bare.base) == (100, 0, (), {})
+
+
+def test_config_precedence_and_representative_point(tmp_path: Path) -> None:
+    study = load_study(
+        write(
+            tmp_path,
+            "[base]\nepochs = 3\nseed = 1\n[space.alpha]\nvalue = 2.0\n"
+            '[space.beta]\ntype = "float"\nlow = 0.5\nhigh = 4.0\n'
+            '[space.optimizer]\ntype = "categorical"\nchoices = ["sgd", "adam"]\n',
+        )
+    )
+    cfg = study.config({"beta": 3.0, "optimizer": "adam"}, {"seed": 9, "epochs": 4})
+    assert (cfg.epochs, cfg.seed, cfg.alpha, cfg.beta, cfg.optimizer) == (4, 9, 2.0, 3.0, "adam")
+    assert study.config({"beta": 1.0}).epochs == 3  # base without overrides
+    # The representative point of --set checks: each parameter's low end or first choice.
+    rep = study.check_overrides({"lr": 0.5})
+    assert (rep.beta, rep.optimizer, rep.alpha, rep.lr, rep.epochs) == (0.5, "sgd", 2.0, 0.5, 3)
+    with pytest.raises(ConfigError, match=r"^alpha is set by the study's search space"):
+        study.check_overrides({"alpha": 1.0, "lr": 0.5})
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        study.check_overrides({"lr": 0.0})
+    assert study.replace(trials=7).trials == 7 and study.trials == 100
+
+
+def test_non_finite_choices_are_refused(tmp_path: Path) -> None:
+    """A choice of inf would make every trial that draws it fail; it is refused on load."""
+    path = write(tmp_path, '[space.alpha]\ntype = "categorical"\nchoices = [inf, 1.0]\n')
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert str(info.value) == f"{path} [space]: alpha.choices: alpha must be finite, got inf"
+    path = write(tmp_path, '[space.alpha]\ntype = "categorical"\nchoices = [1.0, -1.0]\n')
+    with pytest.raises(SpecError, match=r"alpha\.choices: alpha must be >= 0, got -1\.0$"):
+        load_study(path)
+
+
+def test_exact_messages(tmp_path: Path) -> None:
+    def message(text: str) -> str:
+        path = write(tmp_path, text)
+        with pytest.raises(SpecError) as info:
+            load_study(path)
+        return str(info.value).replace(str(path), "F")
+
+    assert message('space = "eps"\nbogus = 1\n') == (
+        "F: bogus: unknown key; allowed: description, space, metric, direction, sampler, "
+        "pruner, trials, seed, enqueue, seeds, confirm, base"
+    )
+    assert message('space = "eps"\nmetric = "test_acc"\n') == (
+        "F: metric: test_acc is measured on the test split, which is reported but never "
+        "optimized; use val_acc"
+    )
+    assert message('space = "eps"\n[base]\nepochs = 2.0\n') == (
+        "F: base.epochs: epochs must be an integer, got 2.0"
+    )
+
+
+def test_inline_space_name_and_study_source(tmp_path: Path) -> None:
+    path = write(tmp_path, '[space.epsilon]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n')
+    study = load_study(path)
+    assert study.space.name == "mine.space" and study.space.source == f"{path} [space]"
+    assert study.source == str(path) and study.name == "mine"
+    assert load_study("eps_sweep").space.name == "eps"
+
+
+def test_searched_settings_the_method_ignores_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'space = "eps"\n[base]\nmethod = "dkd"\n')
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    space = load_study("eps_sweep").space.source
+    assert str(info.value) == (
+        f"{path}: epsilon: searched by space {space}, but method dkd ignores it (it applies to "
+        "dgkd); set base.method or search another space"
+    )
+    # Temperature applies to kd, dkd and dgkd: searching it under kd is fine, under ce not.
+    t_space = '[space.temperature]\ntype = "float"\nlow = 1.0\nhigh = 4.0\n'
+    assert load_study(write(tmp_path, '[base]\nmethod = "kd"\n' + t_space)).base == {"method": "kd"}
+    with pytest.raises(SpecError, match=r"method ce ignores it \(it applies to kd, dkd, dgkd\)"):
+        load_study(write(tmp_path, '[base]\nmethod = "ce"\n' + t_space))
+    # The method may come from the space: fixed, or searched (then any method using it will do).
+    fixed = '[space.method]\nvalue = "ce"\n'
+    with pytest.raises(SpecError, match="but method ce ignores it"):
+        load_study(write(tmp_path, t_space + fixed))
+    searched = '[space.method]\ntype = "categorical"\nchoices = ["ce", "kd"]\n'
+    assert load_study(write(tmp_path, t_space + searched)).space["method"].choices == ("ce", "kd")
+    searched = '[space.method]\ntype = "categorical"\nchoices = ["ce", "kd"]\n'
+    eps_space = '[space.epsilon]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n'
+    with pytest.raises(SpecError, match=r"but method ce, kd ignores it \(it applies to dgkd\)"):
+        load_study(write(tmp_path, eps_space + searched))
+    # Settings no method ignores (lr) can be searched under any method.
+    lr_space = '[base]\nmethod = "ce"\n[space.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.1\n'
+    assert load_study(write(tmp_path, lr_space)).base == {"method": "ce"}
+
+
+def test_overrides_may_not_make_the_space_ineffective() -> None:
+    study = load_study("eps_sweep")
+    with pytest.raises(ConfigError) as info:
+        study.check_overrides({"method": "dkd"})
+    assert str(info.value) == (
+        f"--set method=dkd: epsilon: searched by space {study.space.source}, but method dkd "
+        "ignores it (it applies to dgkd); set base.method or search another space"
+    )
+    assert study.check_overrides({"method": "dgkd"}).method == "dgkd"
+    with pytest.raises(ConfigError) as info:
+        study.check_overrides({"beta": 2.0})
+    assert str(info.value) == (
+        f"beta is set by the study's search space ({study.space.source}); use another study "
+        "or edit its space instead of --set"
+    )
+
+
+def test_cmaes_sampler_needs_its_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    path = write(tmp_path, 'space = "eps"\nsampler = "cmaes"\n')
+    assert load_study(path).sampler == "cmaes"  # installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "cmaes" else real(n))
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert str(info.value) == f"{path}: sampler: cmaes needs the cmaes package; pip install cmaes"
+    assert load_study(write(tmp_path, 'space = "eps"\nsampler = "tpe"\n')).sampler == "tpe"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ import torch
 from contracts import FINAL_METRICS
 
 from dgkd.config import METHODS, ConfigError, TrainConfig, coerce, parse_overrides
+from dgkd.data import Splits
 from dgkd.loop import DivergedError, distill_loss
 from dgkd.losses import dgkd_loss, kd_loss
 from dgkd.teacher import teacher_config
-from dgkd.train import train
+from dgkd.train import TrainResult, train
 
 SHARES = ("val_acc", "test_acc", "test_agreement", "test_ece", "train_acc", "teacher_test_acc")
 
@@ -319,3 +322,189 @@ def test_no_validation_split(tiny: TrainConfig) -> None:
     assert math.isnan(result.metrics["val_acc"])
     assert math.isfinite(result.metrics["test_acc"])
     assert len(rows) == 2 and all(math.isnan(row["val_acc"]) for row in rows)
+
+
+# --- the protocol: last epoch, the test split once, validation from the training set ----------
+
+
+@dataclasses.dataclass
+class _Recorded:
+    result: TrainResult
+    splits: Splits
+    calls: list[tuple[str, object, torch.Tensor]]  # (module, model, inputs) of every predict
+    teacher_forwards: int  # forward passes of the teacher model during the run
+    wall_s: float  # the run's wall time, measured around train()
+
+
+def _recorded_run(cfg: TrainConfig) -> _Recorded:
+    """Train ``cfg`` recording every evaluation pass (by the loop and by the final metrics)."""
+    import dgkd.loop
+    import dgkd.train
+
+    calls: list[tuple[str, object, torch.Tensor]] = []
+    seen: list[Splits] = []
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (dgkd.loop, dgkd.train):
+            real = module.predict
+
+            def recorder(model, splits, x, *, _real=real, _name=module.__name__, **kw):
+                calls.append((_name, model, x))
+                return _real(model, splits, x, **kw)
+
+            mp.setattr(module, "predict", recorder)
+        real_splits = dgkd.train.splits_for
+        mp.setattr(dgkd.train, "splits_for", lambda c: seen.append(real_splits(c)) or seen[-1])
+        forwards: list[int] = []
+        real_teacher = dgkd.train.load_teacher
+
+        def load_teacher(*args, **kwargs):
+            bundle = real_teacher(*args, **kwargs)
+            hooks.append(bundle.model.register_forward_hook(lambda *_: forwards.append(1)))
+            return bundle
+
+        hooks: list = []
+        mp.setattr(dgkd.train, "load_teacher", load_teacher)
+        start = time.perf_counter()
+        try:
+            result = train(cfg)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        wall = time.perf_counter() - start
+    return _Recorded(result, seen[0], calls, len(forwards), wall)
+
+
+def _non_monotone() -> _Recorded:
+    """A run whose validation accuracy peaks before the last epoch (a constant, high learning
+    rate; the first of a few seeds where it does), so 'last' and 'best' differ."""
+    base = TrainConfig(epochs=4, teacher_epochs=2, lr=0.05, schedule="constant")
+    train(base.replace(epochs=1))  # the teacher trains here, not in the recorded runs
+    for seed in range(4):
+        run = _recorded_run(base.replace(seed=seed))
+        vals = [row["val_acc"] for row in run.result.history]
+        if max(vals) > vals[-1]:
+            return run
+    pytest.fail("no seed gave a validation accuracy that is not highest at the last epoch")
+
+
+def test_protocol_last_epoch_test_split_once_validation_from_train() -> None:
+    """One recorded run, every protocol rule checked on it (one test, so that a rule broken
+    anywhere in the run is caught by the test that ran it)."""
+    from dgkd import metrics
+    from dgkd.loop import predict
+
+    run = _non_monotone()
+    result, splits, student = run.result, run.splits, run.result.model
+    assert student is not None
+    assert set(FINAL_METRICS) <= result.metrics.keys()
+
+    # The final metrics are the last epoch's, not the best epoch's.
+    history = result.history
+    assert [row["epoch"] for row in history] == [1.0, 2.0, 3.0, 4.0]
+    vals = [row["val_acc"] for row in history]
+    assert result.metrics["val_acc"] == vals[-1] != max(vals)
+    losses = [row["train_loss"] for row in history]
+    assert len(set(losses)) == 4  # so that only the last one matches
+    assert result.metrics["train_loss"] == losses[-1]
+    assert result.metrics["epochs"] == 4.0
+    assert 0 < result.duration_s == result.metrics["duration_s"] <= run.wall_s
+
+    # ... measured on the returned (final) model, each split for its own metric.
+    kw = {"device": torch.device("cpu"), "batch_size": 1024}
+    test_logits, _ = predict(student, splits, splits.test_x, **kw)
+    train_logits, train_feats = predict(student, splits, splits.train_x, **kw)
+    val_logits, _ = predict(student, splits, splits.val_x, **kw)
+    m = result.metrics
+    assert m["val_acc"] == metrics.accuracy(val_logits, splits.val_y)
+    assert m["test_acc"] == metrics.accuracy(test_logits, splits.test_y)
+    assert m["test_ece"] == metrics.ece(test_logits, splits.test_y)
+    assert m["train_acc"] == metrics.accuracy(train_logits, splits.train_y)
+    assert m["train_nc1"] == metrics.nc1(train_feats, splits.train_y, splits.num_classes)
+    assert len({m["val_acc"], m["test_acc"], m["train_acc"]}) == 3  # three different splits
+
+    # The test split is evaluated once, at the end, on the student.
+    on_test = [
+        (mod, model)
+        for mod, model, x in run.calls
+        if x.shape == splits.test_x.shape and torch.equal(x.cpu(), splits.test_x)
+    ]
+    assert on_test == [("dgkd.train", student)]
+    # The loop validates on the validation split once per epoch (and never sees the test split).
+    on_val = [
+        mod
+        for mod, _, x in run.calls
+        if x.shape == splits.val_x.shape and torch.equal(x.cpu(), splits.val_x)
+    ]
+    assert on_val == ["dgkd.loop"] * 4 + ["dgkd.train"]
+
+    # Un-augmented data: the teacher's cached logits are used, the teacher itself never runs.
+    assert run.teacher_forwards == 0
+
+    # Validation is carved from the training set: disjoint from train and from test.
+    assert (len(splits.train_y), len(splits.val_y), len(splits.test_y)) == (3600, 400, 1000)
+    train_rows = {row.numpy().tobytes() for row in splits.train_x}
+    test_rows = {row.numpy().tobytes() for row in splits.test_x}
+    val_rows = {row.numpy().tobytes() for row in splits.val_x}
+    assert not val_rows & test_rows and not val_rows & train_rows
+
+
+@pytest.mark.parametrize(
+    ("method", "classes", "refused"),
+    [("dkd", 2, True), ("dgkd", 2, True), ("dkd", 3, False), ("kd", 2, False), ("ce", 2, False)],
+)
+def test_dkd_needs_three_classes(
+    monkeypatch: pytest.MonkeyPatch, method: str, classes: int, refused: bool
+) -> None:
+    """Checked before the teacher is loaded (here replaced by a stop)."""
+    import dgkd.train
+
+    class Reached(Exception):
+        pass
+
+    def splits_for(cfg: TrainConfig) -> Splits:
+        x, y = torch.zeros(4, 40), torch.arange(4) % classes
+        return Splits("toy", classes, (40,), x, y, x, y, x, y)
+
+    def load_teacher(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(dgkd.train, "splits_for", splits_for)
+    monkeypatch.setattr(dgkd.train, "load_teacher", load_teacher)
+    cfg = TrainConfig(method=method, epochs=1)
+    if refused:
+        with pytest.raises(ConfigError) as info:
+            train(cfg)
+        assert str(info.value) == (
+            f"method {method} needs at least 3 classes (mnist1d has {classes}): NCKD is "
+            "undefined; use kd or ce"
+        )
+    else:
+        with pytest.raises(Reached):
+            train(cfg)
+
+
+def test_a_stopped_member_keeps_its_config_and_history_and_the_others_finish() -> None:
+    """train_population: member 0 is pruned after epoch 2 (its report raises); member 1 runs on
+    and gets its final metrics, as it would alone."""
+    from dgkd.train import train_population
+
+    class Prune(Exception):
+        pass
+
+    def report(i: int, epoch: int, row: dict[str, float]) -> None:
+        if i == 0 and epoch == 2:
+            raise Prune
+
+    base = TrainConfig(epochs=3, teacher_epochs=2)
+    cfgs = [base.replace(seed=1), base.replace(seed=2)]
+    stopped, done = train_population(cfgs, report=report)
+    assert isinstance(stopped.error, Prune)
+    assert stopped.config == cfgs[0] and stopped.metrics == {} and stopped.model is None
+    assert [row["epoch"] for row in stopped.history] == [1.0, 2.0]
+    assert done.error is None and done.config == cfgs[1] and done.model is not None
+    assert [row["epoch"] for row in done.history] == [1.0, 2.0, 3.0]
+    assert done.metrics["train_loss"] == done.history[-1]["train_loss"]
+    alone = train(cfgs[1])
+    assert {k: v for k, v in alone.metrics.items() if k != "duration_s"} == {
+        k: v for k, v in done.metrics.items() if k != "duration_s"
+    }

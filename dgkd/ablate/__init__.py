@@ -6,13 +6,17 @@ names, and runs every (variant, seed) cell on the same seeds, split and teacher,
 one seed differ by their variant alone. Typical use::
 
     base = resolve_base(overrides={"epochs": 20})
-    result = run_ablation(base, AblationOptions(variants=("no_grad_term",), seeds=5))
+    result = run_ablation(base, AblationOptions(variants=("no_grad_term",), seeds=10))
     print_summary(result)
 
+The cells train in populations (every variant and seed that can share one, K students in one
+set of tensor operations), each cell exactly its own ``train(cfg)`` run.
+
 Modules: ``variants`` (the registry), ``base`` (base config resolution), ``options``,
-``cells`` and ``store`` (the runs and their files), ``plan``, ``executors`` (in-process, process
-pool, Ray), ``runner``, ``summary`` and ``claims`` (statistics), ``result``, ``report``,
-``plot`` and ``export`` (tables, markdown, PNG).
+``cells`` and ``store`` (the runs, their populations and their files), ``curves`` (per-epoch
+curve summaries: ``nc1_auc``), ``plan``, ``executors`` (in-process, process pool, Ray),
+``runner``, ``summary`` and ``claims`` (statistics), ``result``, ``report``, ``plot`` and
+``export`` (tables, markdown, PNG).
 """
 
 from __future__ import annotations

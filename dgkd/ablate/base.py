@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dgkd.ablate.errors import AblateError
 from dgkd.ablate.options import OUT_DIR
-from dgkd.config import TrainConfig
+from dgkd.config import NEUTRAL_FIELDS, TrainConfig
 from dgkd.errors import one_line
 
 if TYPE_CHECKING:
@@ -26,8 +26,9 @@ __all__ = ["BaseConfig", "config_hash", "resolve_base"]
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    """Content hash of every config field (16 hex digits)."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True)
+    """Content hash of every config field that can change results (16 hex digits)."""
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in NEUTRAL_FIELDS}
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,4 @@
-"""An ablation's files: runs.csv, summary.csv, summary.md, config.json and the PNG.
+"""An ablation's files: runs.csv, history.csv, summary.csv, summary.md, config.json and the PNG.
 
 Everything is written atomically (temporary file, then rename), so an interrupted export never
 leaves a half-written table beside a finished one.
@@ -21,13 +21,14 @@ from dgkd.io import atomic_write_bytes, atomic_write_text, finite_or_none
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["runs_frame", "summary_frame", "write_ablation_outputs"]
+__all__ = ["history_frame", "runs_frame", "summary_frame", "write_ablation_outputs"]
 
 
 def write_ablation_outputs(result: AblationResult, manifest: Mapping[str, Any]) -> None:
-    """Write runs.csv, summary.csv, summary.md, config.json and the plot into the directory."""
+    """Write runs.csv, history.csv, summary.csv, summary.md, config.json and the plot."""
     d = result.directory
     atomic_write_text(d / "runs.csv", runs_frame(result.cells).to_csv(index=False))
+    atomic_write_text(d / "history.csv", history_frame(result.cells).to_csv(index=False))
     atomic_write_text(d / "summary.csv", summary_frame(result.summary).to_csv(index=False))
     atomic_write_text(d / "summary.md", summary_markdown(result))
     done = dict(manifest)
@@ -95,6 +96,21 @@ def runs_frame(cells: Sequence[CellResult]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for col in ("diverged_epoch", "diverged_step"):
         frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def history_frame(cells: Sequence[CellResult]) -> pd.DataFrame:
+    """One row per (variant, seed, epoch): the per-epoch history each cell stored (the NC1,
+    validation accuracy and ECE curves, the training loss and its terms)."""
+    import pandas as pd
+
+    rows = [
+        {"variant": c.variant, "seed": c.seed, "status": c.status, **row}
+        for c in cells
+        for row in c.history
+    ]
+    frame = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "status", "epoch"])
+    frame["epoch"] = frame["epoch"].astype("Int64")
     return frame
 
 

@@ -1,13 +1,18 @@
-"""The ablation's figure: each variant's mean with its CI and the seeds' values, per metric."""
+"""The ablation's figure: each variant's mean with its CI and the seeds' values, per metric, and
+the mean log-NC1 curve of each variant over the epochs."""
 
 from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 from dgkd.ablate.result import AblationResult
 from dgkd.ablate.summary import METRICS
 from dgkd.ablate.variants import REFERENCE
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["PLOT_FILE", "plot_png"]
 
@@ -23,9 +28,9 @@ def plot_png(result: AblationResult) -> bytes:
     rows = result.summary
     names = [r["variant"] for r in rows]
     by = {(c.variant, c.seed): c for c in result.cells}
-    fig = Figure(figsize=(13, 1.2 + 0.45 * len(names) * 2), layout="constrained")
-    axes = fig.subplots(2, 3, sharey=True).ravel()
-    for ax, spec in zip(axes, METRICS.values(), strict=True):
+    fig = Figure(figsize=(17, 1.2 + 0.45 * len(names) * 2), layout="constrained")
+    axes = fig.subplots(2, 4).ravel()
+    for j, (ax, spec) in enumerate(zip(axes, METRICS.values(), strict=False)):
         scale = 100.0 if spec.percent else 1.0
         m = spec.name
         for i, row in enumerate(rows):
@@ -58,8 +63,9 @@ def plot_png(result: AblationResult) -> bytes:
         arrow = "↑" if spec.higher_is_better else "↓"
         ax.set_title(f"{spec.label}{spec.unit} {arrow}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(names)), list(reversed(names)))
-    axes[3].set_yticks(range(len(names)), list(reversed(names)))
+        ax.set_yticks(range(len(names)), list(reversed(names)) if j % 4 == 0 else [])
+        ax.set_ylim(-0.7, len(names) - 0.3)
+    _nc1_curves(axes[len(METRICS)], result)
     fig.suptitle(
         f"ablation {result.name}: mean and {CONFIDENCE:.0%} bootstrap CI over "
         f"{len(result.seeds)} seeds (grey: single seeds; dashed: full)",
@@ -68,3 +74,31 @@ def plot_png(result: AblationResult) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     return buf.getvalue()
+
+
+def _nc1_curves(ax: Axes, result: AblationResult) -> None:
+    """Each variant's mean over seeds of ln(train NC1) at every epoch (finished cells only)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for i, variant in enumerate(result.variants):
+        curves = [
+            [
+                math.log(v) if v > 0 else math.nan
+                for v in (r.get("train_nc1", math.nan) for r in c.history)
+            ]
+            for c in result.cells
+            if c.variant == variant and c.status == "ok" and c.history
+        ]
+        if not curves:
+            continue
+        epochs = min(len(c) for c in curves)
+        mean = [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
+        other = f"C{(0, 1, 2, 4, 5, 6, 7, 8, 9)[i % 9]}"  # C3 (red) is full's
+        style = {"color": "C3", "lw": 2.0} if variant == REFERENCE else {"color": other}
+        ax.plot(range(1, epochs + 1), mean, label=variant, **style)
+    ax.set_title("mean ln(train NC1) by epoch ↓", fontsize=10)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)

@@ -185,7 +185,9 @@ def summary_markdown(result: AblationResult) -> str:
         f"({seeds[0]}-{seeds[-1]}) = {len(cells)} runs"
         + (f", {diverged} diverged" if diverged else "")
         + f"; every variant ran on the same seeds, validation split and teacher "
-        f"(`{cells[0].teacher_key}`). Final-epoch metrics.",
+        f"(`{cells[0].teacher_key}`). Final-epoch metrics, except the mean log train NC1 over "
+        "epochs (`nc1_auc`), which summarizes the NC1 curve: lower means the classes collapsed "
+        "faster along the way, and exp(Δ) is the geometric-mean ratio of NC1 over the epochs.",
         "",
         f"How to read: mean ± std (ddof 1) over seeds; {CONFIDENCE:.0%} CI = percentile "
         f"bootstrap of the mean ({N_RESAMPLES:,} resamples, seeded); Δ = variant - full, paired "
@@ -253,7 +255,8 @@ def print_summary(result: AblationResult, console: Console | None = None) -> Non
         )
     console.print(table)
 
-    others = [METRICS[m] for m in ("test_agreement", "test_kl_to_teacher", "test_ece", "train_nc1")]
+    claim_metrics = ("test_agreement", "test_kl_to_teacher", "test_ece", "nc1_auc", "train_nc1")
+    others = [METRICS[m] for m in claim_metrics]
     table = Table(title="claim metrics: mean ± std, then Δ vs full (Holm p)")
     table.add_column("variant")
     for s in others:

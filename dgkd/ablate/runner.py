@@ -1,9 +1,10 @@
 """Run (or finish) an ablation: lock its directory, run the pending cells, write the outputs.
 
 An ablation resolves one base configuration, derives each variant from it, and runs every
-(variant, seed) cell on the same seeds, split and teacher. Each finished cell is stored at once,
-so an interrupted ablation resumes where it stopped; tables are written only when every cell is
-done.
+(variant, seed) cell on the same seeds, split and teacher. The pending cells train in
+populations (:func:`~dgkd.ablate.cells.plan_populations`), and each cell is stored as soon as its
+population finishes, so an interrupted ablation resumes where it stopped, losing at most the
+populations in flight; tables are written only when every cell is done.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dgkd.ablate.base import BaseConfig
-from dgkd.ablate.cells import Cell, CellResult
+from dgkd.ablate.cells import Cell, CellResult, plan_populations
 from dgkd.ablate.claims import check_claims
 from dgkd.ablate.errors import AblateError
 from dgkd.ablate.executors import execute
@@ -106,10 +107,12 @@ def _run_pending(
     *,
     total: int,
 ) -> int:
-    """Run ``pending`` cells with the chosen executor, storing each as it finishes."""
+    """Run ``pending`` cells in populations with the chosen executor, storing each cell as its
+    population finishes."""
     if not pending:
         return 0
     _prepare_teacher(base.config, opts.progress)
+    populations = plan_populations(pending, workers=opts.workers or 1, size=opts.population)
     by_key = {c.key: c for c in pending}
     ran = 0
     with Bar(opts.progress, "ablation", total, completed=len(done)) as bar:
@@ -128,6 +131,8 @@ def _run_pending(
                 diverged=out.get("diverged"),
                 config=cell.config.to_dict(),
                 finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                history=[dict(row) for row in out.get("history", [])],
+                population_size=int(out.get("population_size", 1)),
             )
             save_cell(directory, res)
             done[key] = res
@@ -137,7 +142,9 @@ def _run_pending(
             if opts.log is not None:
                 opts.log(f"[{len(done)}/{total}] {line}")
 
-        execute(pending, finished, backend=opts.backend, workers=opts.workers, address=opts.address)
+        execute(
+            populations, finished, backend=opts.backend, workers=opts.workers, address=opts.address
+        )
     return ran
 
 

@@ -157,6 +157,7 @@ def manifest(
         },
         "backend": opts.backend,
         "workers": opts.workers,
+        "population": opts.population,  # most cells trained together
         "command": ["dgkd-ablate", *opts.argv],
         "versions": versions(),
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),

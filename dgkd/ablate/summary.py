@@ -45,7 +45,9 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("test_agreement", "test agreement with the teacher", True, True),
         MetricSpec("test_kl_to_teacher", "test KL to the teacher", False, False),
         MetricSpec("test_ece", "test ECE", False, False),
-        MetricSpec("train_nc1", "train NC1", False, False),
+        MetricSpec("train_nc1", "final train NC1", False, False),
+        # mean over epochs of ln(train NC1): how fast classes collapse (dgkd.ablate.curves)
+        MetricSpec("nc1_auc", "mean log train NC1 over epochs", False, False),
     )
 }
 

@@ -11,14 +11,22 @@ are drawn by :mod:`dgkd.search.plots`.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dgkd.io import atomic_write, atomic_write_text, finite_or_none
-from dgkd.search.plots import curve_figure, history_figure, importance_figure
+from dgkd.search.inmemory import memory_study, quiet_optuna
+from dgkd.search.plots import (
+    curve_figure,
+    history_figure,
+    importance_figure,
+    learning_curves_figure,
+    slice_figure,
+)
 from dgkd.search.records import TrialRecord, TrialState, completed
+from dgkd.search.seeds import SEED_COLUMNS, baseline_record, seed_columns, seeds_frame
+from dgkd.search.trialfiles import BEST_STUDENT, keep_best_student
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,7 +40,10 @@ __all__ = [
     "HISTORY_PLOT",
     "IMPORTANCE_FILE",
     "IMPORTANCE_PLOT",
+    "LEARNING_CURVES_PLOT",
+    "SLICE_PLOT",
     "TRIALS_FILE",
+    "TRIAL_SEEDS_FILE",
     "best_record",
     "curve_plot_name",
     "importances",
@@ -46,10 +57,13 @@ __all__ = [
 ]
 
 TRIALS_FILE = "trials.csv"
+TRIAL_SEEDS_FILE = "trial_seeds.csv"  # one row per trial and seed
 BEST_FILE = "best.json"
 IMPORTANCE_FILE = "importance.csv"
 HISTORY_PLOT = "optimization_history.png"
-IMPORTANCE_PLOT = "param_importances.png"
+IMPORTANCE_PLOT = "param_importances.png"  # studies of two or more parameters
+SLICE_PLOT = "slice.png"  # studies of two or more parameters
+LEARNING_CURVES_PLOT = "learning_curves.png"  # the metric by epoch, every trial
 _TRIAL_COLUMNS = ("duration_s", "pruned_epoch", "fail_reason", "fail_epoch")
 
 
@@ -107,12 +121,21 @@ def best_record(records: Sequence[TrialRecord], direction: str) -> TrialRecord |
     return min(done, key=lambda r: (sign * (r.value or 0.0), r.number))  # value: never None
 
 
-def trials_frame(records: Sequence[TrialRecord], param_names: Sequence[str] = ()) -> pd.DataFrame:
+def trials_frame(
+    records: Sequence[TrialRecord],
+    param_names: Sequence[str] = (),
+    *,
+    baseline: TrialRecord | None = None,
+    metric: str = "val_acc",
+) -> pd.DataFrame:
     """One row per trial: number, state, value, params_<name>..., duration_s, pruned_epoch,
-    fail_reason, fail_epoch, then every final metric of ``train()``.
+    fail_reason, fail_epoch, seeds, value_std, value_se, delta_baseline, delta_baseline_se, then
+    every final metric of ``train()`` (the seed means).
 
-    Parameter columns follow ``param_names`` (then any other name seen); metric columns follow the
-    order ``train()`` returns them in. ``duration_s`` is the trial's wall time.
+    ``value`` is the mean of ``metric`` over the trial's seeds; ``delta_baseline`` its paired
+    difference to ``baseline`` (:mod:`dgkd.search.seeds`). Parameter columns follow
+    ``param_names`` (then any other name seen); metric columns follow the order ``train()``
+    returns them in. ``duration_s`` is the trial's wall time.
     """
     import pandas as pd
 
@@ -125,6 +148,7 @@ def trials_frame(records: Sequence[TrialRecord], param_names: Sequence[str] = ()
     rows = []
     for r in sorted(records, key=lambda r: r.number):
         row: dict[str, Any] = {"number": r.number, "state": r.state.value, "value": r.value}
+        row.update(seed_columns(r, baseline, metric))
         row.update({f"params_{n}": r.params.get(n) for n in names})
         row.update(
             duration_s=r.duration_s,
@@ -134,9 +158,16 @@ def trials_frame(records: Sequence[TrialRecord], param_names: Sequence[str] = ()
         )
         row.update({m: r.metrics.get(m) for m in metric_names})
         rows.append(row)
-    columns = ["number", "state", "value", *(f"params_{n}" for n in names), *_TRIAL_COLUMNS]
+    columns = [
+        "number",
+        "state",
+        "value",
+        *(f"params_{n}" for n in names),
+        *_TRIAL_COLUMNS,
+        *SEED_COLUMNS,
+    ]
     frame = pd.DataFrame(rows, columns=[*columns, *metric_names])
-    for col in ("pruned_epoch", "fail_epoch"):
+    for col in ("pruned_epoch", "fail_epoch", "seeds"):
         frame[col] = frame[col].astype("Int64")
     frame["value"] = frame["value"].astype("float64")
     return frame
@@ -155,22 +186,10 @@ def importances(study: Study, records: Sequence[TrialRecord]) -> dict[str, float
         return {searched[0]: 1.0}
     import optuna
 
-    dists = study.space.distributions()
-    mem = optuna.create_study(direction=study.direction)  # type: ignore[arg-type]
-    trials = []
-    for r in done:
-        params = {n: r.params[n] for n in searched}
-        try:  # a value outside the space (an edited space file) is left out, not fatal
-            trials.append(
-                optuna.trial.create_trial(params=params, distributions=dists, value=r.value)
-            )
-        except ValueError:
-            continue
-    if len(trials) < 2:
+    mem = memory_study(study, done)
+    if len(mem.get_trials(deepcopy=False)) < 2:
         return {}
-    mem.add_trials(trials)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_optuna():
         result = optuna.importance.get_param_importances(mem)
     return {k: float(v) for k, v in result.items()}
 
@@ -203,6 +222,7 @@ def write_search_outputs(
     *,
     plots: bool = True,
     overrides: dict[str, Any] | None = None,
+    verdict: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the search's result files under ``out_dir``; returns the paths written.
 
@@ -214,11 +234,21 @@ def write_search_outputs(
             between throttled refreshes: the tables are cheap, importances and plots are not.
         overrides: The ``--set`` changes the search ran with, so ``best.json`` holds the exact
             configuration of the best trial.
+        verdict: The confirm stage's verdict, ``best.json``'s ``verdict`` block.
     """
     out = Path(out_dir)
     params = [p.name for p in study.space.searched()]
-    written = [write_csv(out / TRIALS_FILE, trials_frame(records, params))]
-    written.append(write_json(out / BEST_FILE, _best_summary(study, records, overrides)))
+    best = best_record(records, study.direction)
+    keep_best_student(out, records, None if best is None else best.number)
+    baseline = baseline_record(study, records)
+    frame = trials_frame(records, params, baseline=baseline, metric=study.metric)
+    written = [write_csv(out / TRIALS_FILE, frame)]
+    written.append(write_csv(out / TRIAL_SEEDS_FILE, seeds_frame(records)))
+    student = out / BEST_STUDENT if (out / BEST_STUDENT).is_file() else None
+    summary = _best_summary(study, records, overrides, student)
+    if verdict is not None:
+        summary["verdict"] = verdict
+    written.append(write_json(out / BEST_FILE, summary))
     if not plots:
         return written
     imp = importances(study, records)
@@ -229,10 +259,14 @@ def write_search_outputs(
     )
     written.append(write_csv(out / IMPORTANCE_FILE, frame))
     written.append(write_png(out / HISTORY_PLOT, history_figure(study, records)))
-    written.append(write_png(out / IMPORTANCE_PLOT, importance_figure(study, imp)))
-    if len(params) == 1:
+    written.append(write_png(out / LEARNING_CURVES_PLOT, learning_curves_figure(study, records)))
+    if len(params) == 1:  # one parameter: importance is trivially 1, the curve says more
         fig = curve_figure(study, records, params[0])
         written.append(write_png(out / curve_plot_name(params[0]), fig))
+    else:
+        written.append(write_png(out / IMPORTANCE_PLOT, importance_figure(study, imp)))
+        fig = slice_figure(study, memory_study(study, completed(records)))
+        written.append(write_png(out / SLICE_PLOT, fig))
     return written
 
 
@@ -244,7 +278,10 @@ def _counts(records: Sequence[TrialRecord]) -> dict[str, int]:
 
 
 def _best_summary(
-    study: Study, records: Sequence[TrialRecord], overrides: dict[str, Any] | None
+    study: Study,
+    records: Sequence[TrialRecord],
+    overrides: dict[str, Any] | None,
+    student: Path | None,
 ) -> dict[str, Any]:
     best = best_record(records, study.direction)
     out: dict[str, Any] = {
@@ -264,8 +301,11 @@ def _best_summary(
         number=best.number,
         value=best.value,
         params=dict(best.params),
-        metrics=dict(best.metrics),
+        metrics=dict(best.metrics),  # the mean over its seeds
+        seeds=list(best.seeds),  # config (its seed: the first) reruns seed_metrics[0]
+        seed_metrics=[dict(m) for m in best.seed_metrics],
         config=cfg.to_dict(),
+        student=None if student is None else student.name,
         command=train_command(cfg),
     )
     return out

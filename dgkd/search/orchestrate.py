@@ -8,6 +8,7 @@ outputs. :func:`best_params` reads a finished (or running) search back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dgkd.io import move_aside
 from dgkd.search.common import Log, print_line
+from dgkd.search.confirm import VERDICT_FILE
 from dgkd.search.export import BEST_FILE, best_record, write_search_outputs
 from dgkd.search.records import (
     SearchInputError,
@@ -26,6 +28,7 @@ from dgkd.search.records import (
 )
 from dgkd.search.registry import backend_names, get_backend
 from dgkd.search.reporter import state_counts
+from dgkd.search.trialfiles import STUDENTS_DIR
 
 if TYPE_CHECKING:
     from dgkd.study import Study
@@ -49,11 +52,15 @@ def make_options(
     fresh: bool = False,
     quiet: bool = False,
     overrides: dict[str, Any] | None = None,
+    mlflow: str | None = None,
+    seeds: int | None = None,
+    confirm_top: int | None = None,
+    confirm_seeds: int | None = None,
 ) -> SearchOptions:
     """Validated :class:`SearchOptions` for ``study`` (``out_dir`` = ``<out>/<study name>``).
 
     The one place the command's options are checked; None takes the default of
-    :class:`SearchOptions` (``trials``: the study's budget).
+    :class:`SearchOptions` (``trials``, ``seeds`` and the confirm stage's: the study's).
 
     Raises:
         SearchInputError: a bad count, backend or flag combination.
@@ -77,8 +84,20 @@ def make_options(
         raise SearchInputError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
     if gpus_per_trial is not None and not gpus_per_trial >= 0:
         raise SearchInputError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+    seeds = study.seeds if seeds is None else seeds
+    confirm_top = study.confirm_top if confirm_top is None else confirm_top
+    confirm_seeds = study.confirm_seeds if confirm_seeds is None else confirm_seeds
+    for flag, value, low in (
+        ("--seeds", seeds, 1),
+        ("--confirm-top", confirm_top, 0),
+        ("--confirm-seeds", confirm_seeds, 2 if confirm_top else 0),
+    ):
+        if value < low:
+            raise SearchInputError(f"{flag} must be at least {low}, got {value}")
     overrides = dict(overrides or {})
     study.check_overrides(overrides)
+    if mlflow is not None:
+        _check_mlflow(mlflow)
     return SearchOptions(
         trials=total,
         out_dir=Path(out).expanduser() / study.name,
@@ -95,7 +114,24 @@ def make_options(
         fresh=fresh,
         quiet=quiet,
         overrides=overrides,
+        mlflow=mlflow,
+        seeds=seeds,
+        confirm_top=confirm_top,
+        confirm_seeds=confirm_seeds,
     )
+
+
+def _check_mlflow(uri: str) -> None:
+    """Refuse ``--mlflow`` without MLflow installed, or with a URI it cannot use."""
+    from dgkd.errors import one_line
+    from dgkd.tracking import check_mlflow
+
+    try:
+        check_mlflow(uri)
+    except ImportError:
+        raise SearchInputError("--mlflow needs MLflow: pip install 'dgkd[mlflow]'") from None
+    except Exception as exc:
+        raise SearchInputError(f"--mlflow {uri}: {one_line(exc)}") from None
 
 
 def _cluster_backends() -> str:
@@ -125,8 +161,35 @@ def run_search(study: Study, opts: SearchOptions, *, log: Log | None = None) -> 
         if moved is not None:
             log(f"moved previous results of {study.name} to {moved}")
     records = backend.run(study, opts, log=log)
-    write_search_outputs(study, records, opts.out_dir, overrides=opts.overrides)
+    verdict = _confirm(study, opts, records, log)
+    write_search_outputs(study, records, opts.out_dir, overrides=opts.overrides, verdict=verdict)
+    with contextlib.suppress(OSError):  # only when empty: no student awaits judgement
+        (Path(opts.out_dir) / STUDENTS_DIR).rmdir()
     return records
+
+
+def _confirm(
+    study: Study, opts: SearchOptions, records: Sequence[TrialRecord], log: Log
+) -> dict[str, Any] | None:
+    """The confirm stage (:mod:`dgkd.search.confirm`) when asked for; its verdict as JSON."""
+    from dgkd.search.common import trial_seeds
+    from dgkd.search.confirm import plan_confirm, run_confirm
+
+    plan = plan_confirm(
+        study,
+        records,
+        top=opts.confirm_top or 0,
+        seeds=opts.confirm_seeds or 0,
+        search_seeds=trial_seeds(study, opts),
+    )
+    if plan is None:
+        return None
+    log(
+        f"confirm: {len(plan.configs)} config(s) on {len(plan.seeds)} fresh seeds "
+        f"({plan.seeds[0]}..{plan.seeds[-1]})"
+    )
+    verdict = run_confirm(study, plan, Path(opts.out_dir), overrides=opts.overrides, log=log)
+    return verdict.to_dict()
 
 
 def best_params(
@@ -166,6 +229,8 @@ def print_summary(
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # a pipe or file: the whole table, not one cut at 80 columns
+        console.width = 10_000
     params = [p.name for p in study.space.searched()]
     sign = -1.0 if study.direction == "maximize" else 1.0
     done = sorted(completed(records), key=lambda r: (sign * (r.value or 0.0), r.number))
@@ -193,7 +258,22 @@ def print_summary(
     console.print(table)
     if not done:
         console.print("no trial has completed yet")
-    console.print(f"outputs: {opts.out_dir}/ (trials.csv, best.json, importance.csv, *.png)")
+    console.print(
+        f"outputs: {opts.out_dir}/ (trials.csv, best.json, best_student.pt, history/, *.png)"
+    )
     command = get_backend(opts.backend).inspect_command(study, opts)
     if command:
         console.print(f"inspect: {command}", soft_wrap=True)
+    verdict = _stored_verdict(Path(opts.out_dir))
+    if verdict:  # the terminal ends with the answer
+        console.print(f"verdict: {verdict}", soft_wrap=True)
+        console.print(f"details: {Path(opts.out_dir) / VERDICT_FILE}", soft_wrap=True)
+
+
+def _stored_verdict(out: Path) -> str | None:
+    """The headline of ``best.json``'s verdict block, if the confirm stage ran."""
+    try:
+        block = json.loads((out / BEST_FILE).read_text()).get("verdict")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return block.get("headline") if isinstance(block, dict) else None

@@ -1,4 +1,5 @@
-"""The search's figures: optimization history, parameter importance, metric vs parameter.
+"""The search's figures: optimization history, learning curves, parameter importance and slices
+(two or more parameters), metric vs parameter (one).
 
 Each function returns a matplotlib figure for :func:`dgkd.search.export.write_png`; pyplot runs
 on the non-interactive Agg backend, so no display is needed.
@@ -8,16 +9,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from dgkd.search.inmemory import quiet_optuna
 from dgkd.search.records import TrialRecord, TrialState, completed
 
 if TYPE_CHECKING:
+    import optuna
     from matplotlib.figure import Figure
 
     from dgkd.study import Study
 
-__all__ = ["curve_figure", "history_figure", "importance_figure"]
+__all__ = [
+    "curve_figure",
+    "history_figure",
+    "importance_figure",
+    "learning_curves_figure",
+    "slice_figure",
+]
 
 
 def _pyplot() -> Any:
@@ -134,4 +143,58 @@ def curve_figure(study: Study, records: Sequence[TrialRecord], param: str) -> Fi
     if shown:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def learning_curves_figure(study: Study, records: Sequence[TrialRecord]) -> Figure:
+    """The metric of every trial by epoch (Optuna's intermediate values): complete trials in
+    colour, pruned ones in gray up to the epoch they were stopped at, the best one in red."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    best_number = None
+    done = completed(records)
+    if done:
+        sign = -1.0 if study.direction == "maximize" else 1.0
+        best_number = min(done, key=lambda r: (sign * (r.value or 0.0), r.number)).number
+    shown = set()
+    for r in sorted(records, key=lambda r: r.number):
+        if not r.curve:
+            continue
+        xs = sorted(r.curve)
+        ys = [r.curve[x] for x in xs]
+        if r.number == best_number:
+            style = {"color": "tab:red", "lw": 2.0, "alpha": 1.0, "zorder": 3}
+            label = f"best (#{r.number})"
+        elif r.state == TrialState.COMPLETE:
+            style, label = {"color": "tab:blue", "lw": 0.8, "alpha": 0.4}, "complete"
+        else:
+            style, label = {"color": "gray", "lw": 0.8, "alpha": 0.4}, r.state.lower()
+        ax.plot(xs, ys, label=None if label in shown else label, **style)
+        shown.add(label)
+    if not shown:
+        ax.text(0.5, 0.5, "no epoch reported yet", ha="center", transform=ax.transAxes)
+    else:
+        ax.legend(loc="best", fontsize="small")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(study.metric)
+    ax.set_title(f"{study.name}: learning curves ({study.metric} by epoch)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def slice_figure(study: Study, mem: optuna.Study) -> Figure:
+    """Optuna's slice plot (the metric against each parameter) of the complete trials."""
+    import optuna
+
+    plt = _pyplot()
+    if not mem.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.text(0.5, 0.5, "no complete trials yet", ha="center", transform=ax.transAxes)
+        ax.set_title(f"{study.name}: slice plot")
+        return fig
+    with quiet_optuna():
+        axes = optuna.visualization.matplotlib.plot_slice(mem, target_name=study.metric)
+    first = axes.flat[0] if hasattr(axes, "flat") else axes
+    fig = cast("Figure", first.figure)
+    fig.suptitle(f"{study.name}: {study.metric} against each parameter")
     return fig

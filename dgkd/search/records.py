@@ -66,6 +66,10 @@ class SearchOptions:
     fresh: bool = False  # move old results aside and start over
     quiet: bool = False  # plain log lines instead of a live display
     overrides: dict[str, Any] = field(default_factory=dict)  # --set changes to the base config
+    mlflow: str | None = None  # MLflow tracking URI: log every trial there (needs the extra)
+    seeds: int | None = None  # seeds per trial; None = the study's
+    confirm_top: int | None = None  # configs the confirm stage retrains; None = the study's
+    confirm_seeds: int | None = None  # fresh seeds per config there; None = the study's
 
 
 def option_default(name: str) -> Any:
@@ -89,6 +93,9 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)  # train()'s final metrics
     fail_reason: str = ""  # e.g. the DivergedError message
     fail_epoch: int | None = None
+    curve: dict[int, float] = field(default_factory=dict)  # the metric by epoch (1-based)
+    seeds: tuple[int, ...] = ()  # the seeds the trial trained (its population)
+    seed_metrics: list[dict[str, float]] = field(default_factory=list)  # final metrics per seed
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)  # a plain "COMPLETE" from a caller or a file

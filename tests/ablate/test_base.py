@@ -23,3 +23,12 @@ def test_study_base_without_search():
     assert (base.config.epochs, base.config.teacher_epochs, base.config.lr) == (2, 2, 0.02)
     with pytest.raises(AblateError, match="unknown study 'nope'"):
         resolve_base(study="nope")
+
+
+def test_config_hash_ignores_only_fields_that_cannot_change_results():
+    from dgkd.ablate.base import config_hash
+
+    cfg = TrainConfig(epochs=3)
+    assert config_hash(cfg) == config_hash(cfg.replace(checkpoint_every=0))
+    assert config_hash(cfg) != config_hash(cfg.replace(seed=1))
+    assert config_hash(cfg) != config_hash(cfg.replace(epsilon=1.0))

@@ -21,7 +21,7 @@ from dgkd.ablate.summary import METRICS
 from dgkd.loop import DivergedError
 from dgkd.teacher import teacher_key
 
-from .helpers import TINY, opts, rows
+from .helpers import TINY, opts, rows, same_cells
 
 
 def test_run_writes_every_output_with_paired_cells(tmp_path):
@@ -58,25 +58,35 @@ def test_run_writes_every_output_with_paired_cells(tmp_path):
     assert list(cfg["variants"]) == ["full", "no_grad_term", "minimize_mse"]
     md = (d / "summary.md").read_text()
     assert "## The seed's claims" in md and "| no_grad_term |" in md
-    assert len(res.claims) == 5 and all(c.verdict != "not checked" for c in res.claims)
+    assert len(res.claims) == 6 and all(c.verdict != "not checked" for c in res.claims)
+    assert [c.metric for c in res.claims if c.topic == "compactness"] == ["nc1_auc", "train_nc1"]
+    history = rows(d / "history.csv")
+    assert len(history) == 6 * 2 and {"train_nc1", "val_acc", "val_ece"} <= set(history[0])
+    for cell in res.cells:  # the curve summary is the mean log NC1 of the stored history
+        logs = [math.log(row["train_nc1"]) for row in cell.history]
+        assert cell.metrics["nc1_auc"] == pytest.approx(sum(logs) / 2, rel=1e-12)
+        assert cell.history[-1]["train_nc1"] == pytest.approx(cell.metrics["train_nc1"], rel=1e-6)
 
 
 def test_interrupted_ablation_resumes_without_rerunning_finished_cells(tmp_path, monkeypatch):
     base = resolve_base(overrides=TINY)
-    real = ablate_cells.run_cell
-    calls: list[str] = []
-    fail_at = [3]  # the third cell raises, once
+    real = ablate_cells.run_cells
+    calls: list[list[str]] = []
+    fail_at = [2]  # the second population raises, once
 
-    def flaky(config):
-        calls.append(f"{config['grad_sign']}/{config['epsilon']}/{config['seed']}")
+    def flaky(configs):
+        calls.append([f"{c['grad_sign']}/{c['epsilon']}/{c['seed']}" for c in configs])
         if len(calls) == fail_at[0]:
             fail_at[0] = 0
             raise RuntimeError("node lost")
-        return real(config)
+        return real(configs)
 
-    monkeypatch.setattr(executors, "run_cell", flaky)
-    with pytest.raises(CellFailedError, match=r"minimize_mse seed 0 failed: node lost.*rerun"):
-        run_ablation(base, opts(tmp_path))
+    monkeypatch.setattr(executors, "run_cells", flaky)
+    with pytest.raises(
+        CellFailedError,
+        match=r"2 cells minimize_mse seed 0 \.\. full seed 1 failed: node lost.*rerun",
+    ):
+        run_ablation(base, opts(tmp_path, population=2))
     cells = tmp_path / "ablate" / "default" / "cells"
     finished = sorted(p.name for p in cells.glob("*.json"))
     assert finished == ["full-seed0.json", "no_grad_term-seed0.json"]
@@ -84,13 +94,19 @@ def test_interrupted_ablation_resumes_without_rerunning_finished_cells(tmp_path,
     mtimes = {p: p.stat().st_mtime_ns for p in cells.glob("*.json")}
 
     calls.clear()
-    res = run_ablation(base, opts(tmp_path))
-    assert len(calls) == 4 and res.ran == 4 and res.reused == 2
+    res = run_ablation(base, opts(tmp_path, population=2))
+    assert [len(c) for c in calls] == [2, 2] and res.ran == 4 and res.reused == 2
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     assert len(list(cells.glob("*.json"))) == 6
     calls.clear()
     again = run_ablation(base, opts(tmp_path, seeds=3))  # one more seed: only its cells run
-    assert len(calls) == 3 and again.ran == 3 and again.reused == 6
+    assert [len(c) for c in calls] == [3] and again.ran == 3 and again.reused == 6
+    # a cell reproduces its numbers whichever population it landed in
+    alone = run_ablation(base, opts(tmp_path, seeds=3, population=1, name="alone"))
+    same_cells(again.cells, alone.cells)
+    for a, b in zip(again.cells, alone.cells, strict=True):
+        assert a.metrics.keys() == b.metrics.keys() and a.history == b.history
+        assert all(a.metrics[k] == b.metrics[k] for k in a.metrics if k != "duration_s")
 
 
 def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
@@ -113,14 +129,17 @@ def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
 
 
 def test_diverged_cell_is_counted_and_shown(tmp_path, monkeypatch):
-    real = dgkd.train.train
+    real = dgkd.train.train_population
 
-    def train(cfg, **kw):
-        if cfg.grad_sign == 1.0 and cfg.seed == 1:
-            raise DivergedError(2, 7, float("nan"))
-        return real(cfg, **kw)
+    def train_population(cfgs, **kw):
+        results = real(cfgs, **kw)
+        for r in results:
+            if r.config.grad_sign == 1.0 and r.config.seed == 1:
+                r.metrics, r.history[1:], r.model = {}, [], None
+                r.error = DivergedError(2, 7, float("nan"))
+        return results
 
-    monkeypatch.setattr(dgkd.train, "train", train)
+    monkeypatch.setattr(dgkd.train, "train_population", train_population)
     res = run_ablation(resolve_base(overrides=TINY), opts(tmp_path))
     d = res.directory
     runs = {(r["variant"], r["seed"]): r for r in rows(d / "runs.csv")}
@@ -138,8 +157,9 @@ def test_diverged_cell_is_counted_and_shown(tmp_path, monkeypatch):
     )
     cell = json.loads((d / "cells" / "minimize_mse-seed1.json").read_text())
     assert cell["status"] == "diverged" and cell["diverged"]["epoch"] == 2
+    assert [row["epoch"] for row in cell["history"]] == [1]  # its curve up to the divergence
     # resuming keeps the divergence as a result instead of retrying it
-    monkeypatch.setattr(dgkd.train, "train", real)
+    monkeypatch.setattr(dgkd.train, "train_population", real)
     assert run_ablation(resolve_base(overrides=TINY), opts(tmp_path)).ran == 0
 
 

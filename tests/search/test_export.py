@@ -86,7 +86,9 @@ def test_trials_frame_columns_in_contract_order() -> None:
         "fail_reason",
         "fail_epoch",
     ]
-    assert list(frame.columns[8:]) == ["val_acc", "test_acc"]  # trial duration_s not repeated
+    seeds = ["seeds", "value_std", "value_se", "delta_baseline", "delta_baseline_se"]
+    assert list(frame.columns[8:13]) == seeds
+    assert list(frame.columns[13:]) == ["val_acc", "test_acc"]  # trial duration_s not repeated
     assert list(frame["number"]) == [0, 1, 2]
     assert list(frame["state"]) == ["COMPLETE", "PRUNED", "FAIL"]
     assert frame.loc[1, "pruned_epoch"] == 3 and frame.loc[2, "fail_epoch"] == 2
@@ -137,8 +139,9 @@ def test_write_search_outputs_one_parameter_study(tmp_path: Path) -> None:
         "accuracy_vs_epsilon.png",
         "best.json",
         "importance.csv",
+        "learning_curves.png",
         "optimization_history.png",
-        "param_importances.png",
+        "trial_seeds.csv",
         "trials.csv",
     ]
     for name in names:
@@ -158,7 +161,7 @@ def test_write_search_outputs_one_parameter_study(tmp_path: Path) -> None:
 def test_write_search_outputs_without_trials_or_plots(tmp_path: Path) -> None:
     study = load_study("full")
     written = write_search_outputs(study, [], tmp_path, plots=False)
-    assert sorted(p.name for p in written) == ["best.json", "trials.csv"]
+    assert sorted(p.name for p in written) == ["best.json", "trial_seeds.csv", "trials.csv"]
     assert json.loads((tmp_path / "best.json").read_text())["params"] is None
     written = write_search_outputs(study, [rec(0, "PRUNED", alpha=1.0)], tmp_path)
     assert "accuracy_vs_alpha.png" not in {p.name for p in written}  # four parameters: no curve
@@ -175,3 +178,18 @@ def test_train_command_reproduces_the_config() -> None:
 
     items = [part for part in command.split() if "=" in part]
     assert TrainConfig().replace(**parse_overrides(items)) == cfg
+
+
+def test_several_parameters_get_importance_and_slice_plots(tmp_path: Path) -> None:
+    study = load_study("full")
+    names = [p.name for p in study.space.searched()]
+    records = []
+    for n in range(6):
+        params = {k: float(1 + (n * (i + 1)) % 5) for i, k in enumerate(names)}
+        records.append(rec(n, "COMPLETE", 0.5 + n / 100, **params))
+        records[-1].curve = {1: 0.4, 2: 0.5 + n / 100}
+    written = {p.name for p in write_search_outputs(study, records, tmp_path)}
+    assert {"param_importances.png", "slice.png", "learning_curves.png"} <= written
+    assert not any(name.startswith("accuracy_vs_") for name in written)
+    for name in ("param_importances.png", "slice.png", "learning_curves.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG)

@@ -9,22 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from dgkd.io import move_aside
 from dgkd.runtime import threads_per_worker
 from dgkd.search.base import SearchBackend
 from dgkd.search.common import Log, grid_size, print_line, stop_interrupted, trial_total
 from dgkd.search.optuna.records import to_records
+from dgkd.search.optuna.recovery import recover
 from dgkd.search.optuna.storage import (
     check_storage,
     create_or_load,
     inspect_command,
     is_url,
-    journal_path,
-    move_study_aside,
-    open_storage,
+    open_for_search,
     storage_label,
 )
-from dgkd.search.optuna.workers import Quiet, Worker, recover, run_processes
+from dgkd.search.optuna.workers import Quiet, Worker, run_processes
 from dgkd.search.records import SearchOptions, TrialRecord
 from dgkd.search.reporter import SearchReporter
 
@@ -62,18 +60,10 @@ class OptunaBackend(SearchBackend):
 
 
 def _run(study: Study, opts: SearchOptions, log: Log) -> list[TrialRecord]:
-    if opts.fresh and opts.storage is not None and not is_url(opts.storage):
-        moved = move_aside(journal_path(opts))  # a journal outside <out>/<study>/ starts over too
-        if moved is not None:
-            log(f"moved previous journal {journal_path(opts)} to {moved}")
-    storage = open_storage(opts)
-    if opts.fresh and is_url(opts.storage):
-        moved_to = move_study_aside(storage, study.name)
-        if moved_to:
-            log(f"moved study {study.name} in {storage_label(opts)} to {moved_to}")
+    storage = open_for_search(study, opts, log)
     Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
     ostudy = create_or_load(study, opts, storage)
-    recovered = recover(ostudy, journal=not is_url(opts.storage))
+    recovered = recover(ostudy, storage, journal=not is_url(opts.storage))
     grid, total = grid_size(study), trial_total(study, opts)
 
     threads = threads_per_worker(opts.workers)

@@ -1,5 +1,10 @@
 """Optuna trials as backend-neutral records, and the trial counts the budget is made of.
 
+Final metrics. Each of ``train()``'s final metrics is a user attribute of its own (``test_acc``
+sorts and plots in ``optuna trials``, ``trials_dataframe()`` and the dashboard); the metric by
+epoch is the trial's intermediate values. Searches from before this layout kept the metrics in
+one ``metrics`` attribute, still read.
+
 Budget. ``--trials`` is the study's total: finished trials in any state count, except those cut
 off by an interruption, which keep their number (state FAIL, ``fail_reason`` "interrupted ...")
 and are re-run from the same parameters under a new number.
@@ -9,13 +14,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 from dgkd.search.records import INTERRUPTED, TrialRecord, TrialState
 
-__all__ = ["occupied", "to_records"]
+__all__ = ["TRIAL_ATTRS", "metric_attrs", "occupied", "to_records"]
+
+# User attributes that are not final metrics (the rest, numbers or None, are).
+TRIAL_ATTRS = frozenset(
+    {
+        "worker",
+        "fail_reason",
+        "fail_epoch",
+        "pruned_epoch",
+        "interrupted",
+        "retry_of",
+        "metrics",
+        "seeds",
+        "seed_metrics",
+    }
+)
+
+
+def metric_attrs(user_attrs: dict[str, Any]) -> dict[str, float]:
+    """The final metrics among a trial's user attributes (None, i.e. NaN in JSON, as NaN)."""
+    nested = user_attrs.get("metrics")
+    items = nested.items() if isinstance(nested, dict) else user_attrs.items()
+    out = {}
+    for k, v in items:
+        if k in TRIAL_ATTRS or isinstance(v, bool) or not isinstance(v, int | float | None):
+            continue
+        out[k] = math.nan if v is None else float(v)
+    return out
 
 
 def _retries(trials: Sequence[FrozenTrial]) -> dict[int, int]:
@@ -69,9 +102,7 @@ def to_records(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
         ua = t.user_attrs
         state = TrialState(t.state.name)
         pruned_epoch = ua.get("pruned_epoch", t.last_step) if state == TrialState.PRUNED else None
-        metrics = {
-            k: (math.nan if v is None else float(v)) for k, v in ua.get("metrics", {}).items()
-        }
+        metrics = metric_attrs(ua)
         out.append(
             TrialRecord(
                 number=t.number,
@@ -83,6 +114,9 @@ def to_records(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
                 metrics=metrics,
                 fail_reason=_fail_reason(t, retries) if state == TrialState.FAIL else "",
                 fail_epoch=ua.get("fail_epoch") if state == TrialState.FAIL else None,
+                curve={int(k): float(v) for k, v in t.intermediate_values.items()},
+                seeds=tuple(int(x) for x in ua.get("seeds", ())),
+                seed_metrics=[metric_attrs(m) for m in ua.get("seed_metrics", ())],
             )
         )
     return out

@@ -2,7 +2,8 @@
 
 By default a journal file ``runs/<study>/journal.log`` (fast, safe for several processes on one
 machine, readable by ``optuna trials`` and optuna-dashboard). ``--storage URL`` takes any
-SQLAlchemy URL Optuna supports (PostgreSQL to share a study between machines), opened with
+SQLAlchemy URL Optuna supports (PostgreSQL to share a study between machines), opened so that
+a restarted database server is waited for and reconnected to (:mod:`.reconnect`), and with
 heartbeats: a trial whose process stops beating for ``GRACE_PERIOD_S`` is failed and re-enqueued by
 ``RetryHeartbeatStaleTrialCallback``. ``--storage PATH`` (no ``://``) is a journal file elsewhere.
 
@@ -28,7 +29,9 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from dgkd.errors import one_line
-from dgkd.search.common import check_signature, signature
+from dgkd.io import move_aside
+from dgkd.search.common import Log, check_signature, signature
+from dgkd.search.optuna.reconnect import ReconnectingRDBStorage
 from dgkd.search.optuna.records import to_records
 from dgkd.search.records import SearchInputError, SearchOptions, TrialRecord
 
@@ -48,6 +51,7 @@ __all__ = [
     "journal_path",
     "load_records",
     "move_study_aside",
+    "open_for_search",
     "open_storage",
     "redact",
     "storage_label",
@@ -58,7 +62,7 @@ HEARTBEAT_INTERVAL_S = 10  # RDB: a running trial records a heartbeat this often
 GRACE_PERIOD_S = 40  # RDB: a trial silent this long is failed and re-enqueued
 MAX_RETRY = 3  # RDB: re-runs of a trial whose heartbeat stopped
 _ATTR_PREFIX = "dgkd_"  # the study's signature as user attrs: dgkd_metric, dgkd_space, ...
-_ATTR_KEYS = ("metric", "space", "config")  # the direction is the study's own
+_ATTR_KEYS = ("backend", "metric", "space", "config", "seeds")  # direction: the study's own
 
 
 def _env_seconds(name: str, default: int) -> int:
@@ -115,12 +119,13 @@ def storage_label(opts: SearchOptions) -> str:
 
 
 def inspect_command(study: Study, opts: SearchOptions) -> str:
-    """The ``optuna trials`` command that lists the study's trials from its storage."""
+    """The ``optuna trials`` command that lists the study's trials from its storage, one column
+    per parameter and final metric (``--flatten``)."""
     if is_url(opts.storage):
         url = redact(driver_url(opts.storage))
-        return f"optuna trials --study-name {study.name} --storage '{url}'"
+        return f"optuna trials --flatten --study-name {study.name} --storage '{url}'"
     return (
-        f"optuna trials --study-name {study.name} --storage {journal_path(opts)} "
+        f"optuna trials --flatten --study-name {study.name} --storage {journal_path(opts)} "
         "--storage-class JournalFileBackend"
     )
 
@@ -150,7 +155,7 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return optuna.storages.RDBStorage(
+            return ReconnectingRDBStorage(
                 url,
                 engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=heartbeat_interval
@@ -171,6 +176,21 @@ def open_storage(
             f"cannot open storage {redact(url)}: {one_line(exc)} (check the URL, that the "
             "database server is running and reachable, and that the database exists)"
         ) from None
+
+
+def open_for_search(study: Study, opts: SearchOptions, log: Log) -> BaseStorage:
+    """The storage a search writes to; with ``--fresh``, the old study moved aside first (a
+    journal outside ``<out>/<study>/``, or the study's rows in a database)."""
+    if opts.fresh and opts.storage is not None and not is_url(opts.storage):
+        moved = move_aside(journal_path(opts))
+        if moved is not None:
+            log(f"moved previous journal {journal_path(opts)} to {moved}")
+    storage = open_storage(opts)
+    if opts.fresh and is_url(opts.storage):
+        moved_to = move_study_aside(storage, study.name)
+        if moved_to:
+            log(f"moved study {study.name} in {storage_label(opts)} to {moved_to}")
+    return storage
 
 
 def load_records(
@@ -196,8 +216,8 @@ def _stored_signature(ostudy: optuna.Study) -> dict[str, Any]:
     stored: dict[str, Any] = {"direction": ostudy.direction.name.lower()}
     attrs = ostudy.user_attrs
     if _ATTR_PREFIX + "space" in attrs:
-        stored.update({k: attrs.get(_ATTR_PREFIX + k) for k in _ATTR_KEYS})
-        stored["config"] = stored["config"] or {}
+        stored.update({k: attrs[_ATTR_PREFIX + k] for k in _ATTR_KEYS if _ATTR_PREFIX + k in attrs})
+        stored["config"] = stored.get("config") or {}
     return stored
 
 
@@ -226,8 +246,10 @@ def check_storage(study: Study, opts: SearchOptions) -> None:
     )
 
 
-def create_or_load(study: Study, opts: SearchOptions, storage: BaseStorage) -> optuna.Study:
-    """The study in ``storage``; a new one records its signature and enqueues its points."""
+def create_or_load(
+    study: Study, opts: SearchOptions, storage: BaseStorage, *, enqueue: bool = True
+) -> optuna.Study:
+    """The study in ``storage``; a new one records its signature and (``enqueue``) its points."""
     ostudy = optuna.create_study(
         study_name=study.name,
         storage=storage,
@@ -239,7 +261,7 @@ def create_or_load(study: Study, opts: SearchOptions, storage: BaseStorage) -> o
         for key in _ATTR_KEYS:
             ostudy.set_user_attr(_ATTR_PREFIX + key, wanted[key])
         ostudy.set_user_attr("dgkd_source", study.source)
-        for params in study.enqueue:
+        for params in study.enqueue if enqueue else ():
             ostudy.enqueue_trial(dict(params), skip_if_exists=True)
     return ostudy
 

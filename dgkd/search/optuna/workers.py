@@ -1,10 +1,10 @@
 """Processes that run an Optuna study's trials, and recovery from ones that stopped.
 
 Workers claim a trial under a file lock (check the count, ``ask``), so several processes on a
-machine stop at exactly the total. The journal has no heartbeat, so every trial records its
-process as ``user_attrs["worker"]`` (``host:pid:start``). On start, a RUNNING trial whose process
-is gone is failed and its parameters enqueued again; Ctrl-C and SIGTERM do the same for the
-trials they interrupt.
+machine stop at exactly the total. Every trial records its process as ``user_attrs["worker"]``
+(see :mod:`.recovery`); Ctrl-C and SIGTERM fail the trials they interrupt and enqueue their
+parameters again; the re-run resumes the interrupted trial's checkpoint. A trial writes its
+history, its state while it trains and its (complete) student (:mod:`..trialfiles`).
 """
 
 from __future__ import annotations
@@ -14,27 +14,25 @@ import multiprocessing
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState as OptunaState
 
 from dgkd.config import ConfigError
 from dgkd.errors import one_line
 from dgkd.io import json_metrics
 from dgkd.runtime import set_threads, threads_per_worker
-from dgkd.search.common import train_trial
-from dgkd.search.optuna.records import occupied, to_records
+from dgkd.search.common import TrialTracking, train_trial, trial_seeds
+from dgkd.search.optuna.records import TRIAL_ATTRS, occupied, to_records
+from dgkd.search.optuna.recovery import retried_trial, worker_id
 from dgkd.search.optuna.storage import defer_interrupt, is_url, journal_path, open_storage
 from dgkd.search.records import (
     INTERRUPTED,
@@ -45,88 +43,22 @@ from dgkd.search.records import (
 )
 from dgkd.search.reporter import SearchReporter
 from dgkd.search.sampling import make_pruner, make_sampler
+from dgkd.search.trialfiles import (
+    checkpoint_path,
+    save_student,
+    student_path,
+    trial_checkpoint,
+    write_history,
+)
 from dgkd.space import SpecError
 
 if TYPE_CHECKING:
     from dgkd.study import Study
 
-__all__ = ["Quiet", "Worker", "recover", "run_processes", "worker_id"]
+__all__ = ["Quiet", "Worker", "run_processes"]
 
 CLAIM_LOCK = ".claim.lock"
 POLL_S = 0.5  # how often the parent of several workers reads the storage
-_UNOWNED_STALE_S = 60.0  # a RUNNING trial with no owner recorded this long is abandoned
-_HOST = socket.gethostname()
-
-
-# --- owners -----------------------------------------------------------------------------------
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (Linux), to tell a reused pid from the owner."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def worker_id() -> str:
-    """``host:pid:start`` of this process, recorded on each trial it runs."""
-    return f"{_HOST}:{os.getpid()}:{_start_time(os.getpid()) or 0}"
-
-
-def _owner_alive(owner: str) -> bool | None:
-    """Whether the process that owns a trial runs; None when it is on another host."""
-    try:
-        host, pid_text, start = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != _HOST:
-        return None
-    if owner == worker_id():
-        return False  # this process is only starting its workers: not running that trial
-    if start != "0" and Path("/proc").is_dir():
-        return _start_time(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover(ostudy: optuna.Study, *, journal: bool) -> list[int]:
-    """Fail RUNNING trials whose process is gone and enqueue their parameters again.
-
-    RDB storages also do this by heartbeat; here it is immediate for processes of this host.
-    Returns the numbers of the trials failed.
-    """
-    storage = ostudy._storage
-    now = datetime.now()
-    failed = []
-    for t in ostudy.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-        owner = t.user_attrs.get("worker")
-        who = "process " + ":".join(str(owner).split(":")[:2]) if owner else "its process"
-        if owner is None:
-            started = t.datetime_start or now
-            if now - started < timedelta(seconds=_UNOWNED_STALE_S):
-                continue
-            alive: bool | None = False
-        else:
-            alive = _owner_alive(str(owner))
-        if alive or (alive is None and not journal):
-            continue
-        try:
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"{INTERRUPTED}: {who} stopped")
-            storage.set_trial_state_values(t._trial_id, OptunaState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-            continue
-        ostudy.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-        failed.append(t.number)
-    return failed
 
 
 # --- one process ------------------------------------------------------------------------------
@@ -173,6 +105,7 @@ class Worker:
         self._holding = False
         self._id = worker_id()
         self._heartbeat = is_url(opts.storage)
+        self._seeds = trial_seeds(study, opts)
 
     def records(self) -> list[TrialRecord]:
         """Every trial of the study, as records."""
@@ -210,8 +143,9 @@ class Worker:
 
     def _objective(self, trial: optuna.Trial) -> float:
         self._release()  # the trial now exists (RUNNING): others may claim theirs
-        try:
-            return self._trial(trial)
+        try:  # its state stays for its re-run if interrupted, goes when it ends
+            with trial_checkpoint(self.opts.out_dir, trial.number, retried_trial(trial)):
+                return self._trial(trial)
         except KeyboardInterrupt:  # keeps its number, does not count, re-runs its parameters
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
@@ -224,27 +158,45 @@ class Worker:
         cfg = self.study.config(params, self.opts.overrides)
         if self.on_change is not None:
             self.on_change(self.records())
+        rows: list[dict[str, float]] = []
 
         def on_epoch(epoch: int, row: dict[str, float], last: bool) -> None:
+            rows.append(row)
             trial.report(float(row[self.study.metric]), epoch)
             if not last and trial.should_prune():  # a finished trial is never pruned
                 trial.set_user_attr("pruned_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        tracking = TrialTracking(self.opts.mlflow, self.study.name, trial.number)
         try:
-            outcome = train_trial(cfg, metric=self.study.metric, on_epoch=on_epoch)
+            outcome = train_trial(
+                cfg,
+                metric=self.study.metric,
+                on_epoch=on_epoch,
+                seeds=self._seeds,
+                track=tracking,
+                checkpoint=checkpoint_path(self.opts.out_dir, trial.number),
+            )
         except optuna.TrialPruned:
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
-        if outcome.metrics:
-            trial.set_user_attr("metrics", json_metrics(outcome.metrics))
+        finally:
+            write_history(self.opts.out_dir, trial.number, rows)
+        for key, value in json_metrics(outcome.metrics).items():
+            if key not in TRIAL_ATTRS:
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("seeds", list(outcome.seeds))
+        if outcome.seed_metrics:
+            trial.set_user_attr("seed_metrics", [json_metrics(m) for m in outcome.seed_metrics])
         if outcome.fail_epoch is not None:
             trial.set_user_attr("fail_epoch", outcome.fail_epoch)
         if outcome.state != TrialState.COMPLETE or outcome.value is None:
             trial.set_user_attr("fail_reason", outcome.fail_reason)
             raise _TrialFailed(outcome.fail_reason)
+        if outcome.model is not None:  # before the trial is COMPLETE: the exporter judges it
+            save_student(student_path(self.opts.out_dir, trial.number), outcome.model)
         return outcome.value
 
 

@@ -14,30 +14,40 @@ picked and stopped is in :mod:`.searcher`, how results become records in :mod:`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dgkd.io import atomic_write_json, move_aside
+from dgkd.io import atomic_write_bytes, atomic_write_json, move_aside
 from dgkd.runtime import set_threads
 from dgkd.search.base import SearchBackend
 from dgkd.search.common import (
     Log,
+    TrialTracking,
     check_signature,
     print_line,
     signature,
     stop_interrupted,
     train_trial,
+    trial_seeds,
     trial_total,
 )
+from dgkd.search.export import best_record, jsonable
+from dgkd.search.optuna.mirror import StorageMirror
+from dgkd.search.optuna.storage import check_storage, inspect_command
 from dgkd.search.ray.cluster import connect, resolve_address
 from dgkd.search.ray.results import (
     EPOCH_KEY,
     FAIL_KEY,
     FINAL_KEY,
     METRICS_KEY,
+    ROW_KEY,
+    SEEDS_KEY,
+    STUDENT_FILE,
     Done,
     grid_records,
     trial_records,
@@ -51,6 +61,7 @@ from dgkd.search.records import (
     TrialState,
 )
 from dgkd.search.reporter import SearchReporter
+from dgkd.search.trialfiles import save_student, student_path, write_history
 
 if TYPE_CHECKING:
     from dgkd.study import Study
@@ -85,11 +96,20 @@ class RayBackend(SearchBackend):
         address = resolve_address(opts.address)
         with connect(address, log_to_driver=not opts.quiet):
             slots = _trial_slots(opts)
+            mirror = StorageMirror(study, opts, log)  # once the cluster can run the trials
             root.mkdir(parents=True, exist_ok=True)
             if not (root / SIGNATURE_FILE).is_file():
                 atomic_write_json(root / SIGNATURE_FILE, wanted)
             where = f"Ray cluster {address}" if address else "a local Ray cluster"
-            return _search(study, opts, root, slots, where, log)
+            return _search(study, opts, root, slots, where, log, mirror)
+
+    def preflight(self, study: Study, opts: SearchOptions) -> None:
+        """The Optuna storage its trials are recorded in: reachable, not another search's."""
+        check_storage(study, opts)
+
+    def inspect_command(self, study: Study, opts: SearchOptions) -> str | None:
+        """``optuna trials ...`` for the storage the trials are recorded in."""
+        return inspect_command(study, opts)
 
 
 # --- the trial (runs on a Ray worker) ---------------------------------------------------------
@@ -102,31 +122,67 @@ def _trial(
     overrides: dict[str, Any],
     threads: int,
     cwd: str,
+    mlflow: str | None = None,
+    seeds: tuple[int, ...] = (),
 ) -> None:
-    """Train one trial and report to Tune: every epoch but the last, then the final metrics."""
+    """Train one trial and report to Tune: every epoch but the last, then the final metrics
+    with the last epoch's row and, when it completed, its student as the trial's checkpoint.
+
+    The trial's state goes with the report of every epoch it is saved at (``checkpoint_every``)
+    as a Tune checkpoint; a trial retried after a crash or resumed by ``Tuner.restore`` starts
+    from the last one (``tune.get_checkpoint``) and ends as an uninterrupted one.
+    """
     from ray import tune
+
+    from dgkd.checkpoint import Checkpoint
 
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths in the config mean what they mean to the user
     set_threads(threads)
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # per checkpoint
     cfg = study.config(dict(params), overrides)
     metric = study.metric
+    last_row: dict[str, Any] = {}
 
     def on_epoch(epoch: int, row: dict[str, float], last: bool) -> None:
+        last_row.clear()
+        last_row.update(row)
         if not last:
-            tune.report({**row, EPOCH_KEY: epoch})
+            result = {**row, EPOCH_KEY: epoch, ROW_KEY: json.dumps(jsonable(row))}
+            saved = state.saved_epoch == epoch  # written just before this report
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp) if saved else None)
 
-    outcome = train_trial(cfg, metric=metric, on_epoch=on_epoch)
+    track = TrialTracking(mlflow, study.name, tune.get_context().get_trial_id() or "?")
+    with tempfile.TemporaryDirectory(prefix="dgkd-state-") as tmp:
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            restored.to_directory(tmp)
+        state = Checkpoint(Path(tmp), replay=False)  # Tune keeps the reports made before it
+        outcome = train_trial(
+            cfg, metric=metric, on_epoch=on_epoch, seeds=seeds, track=track, checkpoint=state
+        )
     final: dict[str, Any] = {
+        **last_row,
         metric: math.nan if outcome.value is None else outcome.value,
         EPOCH_KEY: cfg.epochs if outcome.fail_epoch is None else outcome.fail_epoch,
         FINAL_KEY: 1.0,
     }
+    if last_row:
+        final[ROW_KEY] = json.dumps(jsonable(last_row))
     if outcome.metrics:
         final[METRICS_KEY] = {k: float(v) for k, v in outcome.metrics.items()}
+    if outcome.seed_metrics:  # JSON: Tune would flatten a list of dicts
+        final[SEEDS_KEY] = json.dumps(
+            {"seeds": list(outcome.seeds), "metrics": [jsonable(m) for m in outcome.seed_metrics]}
+        )
     if outcome.state == TrialState.FAIL:
         final[FAIL_KEY] = outcome.fail_reason
-    tune.report(final)
+    if outcome.model is None:
+        tune.report(final)
+        return
+    with tempfile.TemporaryDirectory(prefix="dgkd-student-") as tmp:
+        save_student(Path(tmp) / STUDENT_FILE, outcome.model)
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 # --- the cluster's capacity -------------------------------------------------------------------
@@ -172,8 +228,30 @@ def _segment_name(study: Study, index: int) -> str:
     return study.name if index == 0 else f"{study.name}-{index + 1}"
 
 
+def _keep(
+    study: Study, opts: SearchOptions, records: Sequence[TrialRecord], done: Sequence[Done]
+) -> None:
+    """Every trial's history under ``history/``, the best one's student under ``students/``
+    (the exporter moves it to ``best_student.pt``)."""
+    for d in done:
+        if d.history:
+            write_history(opts.out_dir, d.record.number, d.history)
+    best = best_record(records, study.direction)
+    student = next((d.student for d in done if best and d.record.number == best.number), None)
+    if best is not None and student is not None:
+        target = student_path(opts.out_dir, best.number)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, student.read_bytes())
+
+
 def _search(
-    study: Study, opts: SearchOptions, root: Path, slots: int, where: str, log: Log
+    study: Study,
+    opts: SearchOptions,
+    root: Path,
+    slots: int,
+    where: str,
+    log: Log,
+    mirror: StorageMirror,
 ) -> list[TrialRecord]:
     from ray import tune
 
@@ -187,6 +265,8 @@ def _search(
             overrides=dict(opts.overrides),
             threads=max(1, int(opts.cpus_per_trial)),
             cwd=os.getcwd(),
+            mlflow=opts.mlflow,
+            seeds=tuple(trial_seeds(study, opts)),
         ),
         resources,
     )
@@ -214,6 +294,8 @@ def _search(
             break
         records += recs
         prior += done
+    _keep(study, opts, records, prior)
+    mirror.update(records)
 
     reporter = SearchReporter(study, opts, total=total, log=log)
     with reporter, quiet_tune():
@@ -257,11 +339,27 @@ def _search(
             recs, done = grid_records(grid, study.metric, first)
             records += recs
             prior += done
+            _keep(study, opts, records, prior)
+            _drop_states(grid, errored=not _unfinished(recs, planned.get(path.name)))
+            mirror.update(records)
             reporter.update(records)
             if _unfinished(recs, planned.get(path.name)):
                 stop_interrupted(study, opts, records, total, log)
                 raise KeyboardInterrupt
     return records
+
+
+def _drop_states(grid: Any, *, errored: bool) -> None:
+    """Delete the trial states (not the students) in the checkpoints of trials that ended, and
+    of errored ones when ``errored`` (a run that ended: no restore will re-run them)."""
+    from dgkd.checkpoint import STATE_GLOB
+
+    for result in grid:
+        metrics = result.metrics or {}
+        ended = bool(metrics.get(FINAL_KEY) or metrics.get("done"))
+        if ended or (errored and result.error is not None):
+            for path in Path(result.path).glob(f"checkpoint_*/{STATE_GLOB}"):
+                path.unlink(missing_ok=True)
 
 
 def _unfinished(records: Sequence[TrialRecord], planned: int | None) -> bool:

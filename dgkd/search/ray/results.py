@@ -8,9 +8,11 @@ non-finite value) sends a final report with ``dgkd_fail`` and is recorded as FAI
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dgkd.search.common import is_finite_number
@@ -21,6 +23,9 @@ __all__ = [
     "FAIL_KEY",
     "FINAL_KEY",
     "METRICS_KEY",
+    "SEEDS_KEY",
+    "ROW_KEY",
+    "STUDENT_FILE",
     "Done",
     "classify",
     "grid_records",
@@ -32,6 +37,9 @@ FINAL_KEY = "dgkd_final"  # 1.0 on a trial's last report: it ran to the end
 FAIL_KEY = "dgkd_fail"  # why a trial failed without raising (divergence)
 METRICS_KEY = "dgkd_metrics"  # the final metrics of train(), nested in the last report
 EPOCH_KEY = "epoch"  # the scheduler's time attribute: epochs trained
+SEEDS_KEY = "dgkd_seeds"  # the seeds and each seed's final metrics, as JSON
+ROW_KEY = "dgkd_row"  # the epoch's metrics as JSON, for the trial's history
+STUDENT_FILE = "student.pt"  # in a completed trial's checkpoint: its student's state_dict
 
 
 def _error_text(error: BaseException | str | None) -> str:
@@ -88,6 +96,15 @@ def _final_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: (float(v) if is_finite_number(v) else math.nan) for k, v in items}
 
 
+def _seeds(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The last report's seeds and per-seed metrics ({} when it has none)."""
+    try:
+        data = json.loads(result.get(SEEDS_KEY) or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _number(value: Any) -> float | None:
     return float(value) if is_finite_number(value) else None
 
@@ -115,8 +132,14 @@ def to_record(
     state, info = classify(result, status, error, metric)
     epoch_value = _number(result.get(EPOCH_KEY))
     epoch = None if epoch_value is None else int(epoch_value)
+    seeds = _seeds(result)
     return TrialRecord(
         number=number,
+        seeds=tuple(seeds.get("seeds", ())),
+        seed_metrics=[
+            {k: float(v) if is_finite_number(v) else math.nan for k, v in m.items()}
+            for m in seeds.get("metrics", ())
+        ],
         state=state,
         value=info if state == TrialState.COMPLETE else None,
         params=dict(params),
@@ -130,10 +153,38 @@ def to_record(
 
 @dataclass
 class Done:
-    """A finished trial of an earlier run, for the next run's searcher."""
+    """A trial of a finished run: for the next run's searcher, and the files it leaves."""
 
     record: TrialRecord
     last_value: float | None  # the metric at its last report (a pruned trial's last epoch)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    student: Path | None = None  # its checkpoint's student.pt (complete trials)
+
+
+def _history(result: Any) -> list[dict[str, Any]]:
+    """The trial's epoch rows, from every report it made (the last try's, after a crash)."""
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or ROW_KEY not in getattr(frame, "columns", ()):
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for text in frame[ROW_KEY]:
+        if not isinstance(text, str):
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and is_finite_number(row.get("epoch")):
+            rows[int(row["epoch"])] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def _student(result: Any) -> Path | None:
+    checkpoint = getattr(result, "checkpoint", None)
+    path = getattr(checkpoint, "path", None)
+    if not path or not (Path(path) / STUDENT_FILE).is_file():
+        return None
+    return Path(path) / STUDENT_FILE
 
 
 def _creation_order(trial: Any, default: int) -> int:
@@ -158,8 +209,15 @@ def grid_records(grid: Any, metric: str, first: int) -> tuple[list[TrialRecord],
         record = to_record(
             first + i, res.config or {}, metrics, metric=metric, status=status, error=res.error
         )
+        history = _history(res)
+        record.curve = {
+            int(row["epoch"]): float(row[metric])
+            for row in history
+            if is_finite_number(row.get(metric))
+        }
         records.append(record)
-        done.append(Done(record, _number(metrics.get(metric))))
+        student = _student(res) if record.state == TrialState.COMPLETE else None
+        done.append(Done(record, _number(metrics.get(metric)), history, student))
     return records, done
 
 

@@ -226,6 +226,9 @@ def new_tuner(
             name=path.name,
             storage_path=str(path.parent),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            # A trial's latest state is all a retry needs (and its last holds the student);
+            # older ones would pile up, megabytes each for a CIFAR ResNet.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[classes["_Progress"]()],
             verbose=0,
         ),

@@ -336,3 +336,85 @@ def test_local_cluster_grid_and_diverged_trial(
     import ray
 
     assert not ray.is_initialized()
+
+
+# --- what a Ray search leaves for Optuna's tools --------------------------------------------------
+
+
+def test_ray_search_is_readable_by_optuna_tools(smoke) -> None:
+    import json as jsonlib
+
+    import optuna
+    import pandas as pd
+
+    from dgkd.search import best_params
+
+    study, out, records = smoke
+    run = out / study.name
+    cmd = [str(Path(sys.executable).with_name("optuna")), "trials", "--flatten", "--study-name",
+           "smoke", "--storage", str(run / "journal.log"), "--storage-class",
+           "JournalFileBackend", "-f", "json"]  # fmt: skip
+    rows = jsonlib.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    rows = rows[: len(records)]  # a later test may have extended the search
+    assert [r["number"] for r in rows] == [r.number for r in records]
+    assert [r["state"] for r in rows] == [r.state for r in records]
+    for row, r in zip(rows, records, strict=True):
+        if r.state == "COMPLETE":
+            assert row["user_attrs_test_acc"] == pytest.approx(r.metrics["test_acc"])
+    backend = optuna.storages.journal.JournalFileBackend(str(run / "journal.log"))
+    ostudy = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(backend))
+    assert ostudy.user_attrs["dgkd_backend"] == "ray"
+    for t, r in zip(ostudy.trials, records, strict=False):
+        assert len(t.intermediate_values) == (2 if r.state == "COMPLETE" else 1)
+        history = pd.read_csv(run / "history" / f"trial_{r.number}.csv")
+        assert list(history["epoch"]) == sorted(t.intermediate_values)
+    assert best_params(study, out_dir=run) == ostudy.best_trial.params  # --from-study reads it
+    from dgkd.search.export import write_search_outputs
+
+    write_search_outputs(study, records, run)  # what run_search does after the backend
+    assert (run / "best_student.pt").is_file() and (run / "learning_curves.png").is_file()
+
+
+# --- a worker process killed mid-trial ------------------------------------------------------------
+
+
+def test_worker_killed_mid_trial_is_retried(cluster: str, tmp_path: Path) -> None:
+    """SIGKILL of the Ray worker running a trial: Tune runs the trial again (FailureConfig) and
+    the search ends with every trial complete, once."""
+    import json as jsonlib
+
+    import pandas as pd
+
+    epochs = 60  # batches of 16: about 0.2 s an epoch, so a trial is seen mid-way
+    spec = tmp_path / "smoke.toml"  # no pruning: both trials run every epoch
+    spec.write_text(Path(load_study("smoke").source).read_text().replace('"median"', '"none"'))
+    cmd = [
+        str(Path(sys.executable).with_name("dgkd-search")), "--study", str(spec), "--trials", "2",
+        "--backend", "ray", "--address", cluster, "--out", str(tmp_path), "--quiet",
+        "--set", f"epochs={epochs}", "--set", "batch_size=16",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None:  # a trial some way into training: kill the worker process running it
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no trial was seen mid-training"
+        for path in glob.glob(str(tmp_path / "smoke" / "ray" / "smoke" / "*" / "result.json")):
+            lines = Path(path).read_text().splitlines()
+            with contextlib.suppress(ValueError, IndexError, KeyError, ProcessLookupError):
+                last = jsonlib.loads(lines[-1])
+                if 2 <= last["training_iteration"] <= epochs // 2:
+                    os.kill(int(last["pid"]), signal.SIGKILL)  # this search's worker, by pid
+                    victim = last["trial_id"]
+                    break
+        time.sleep(0.1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    frame = pd.read_csv(tmp_path / "smoke" / "trials.csv")
+    assert list(frame["number"]) == [0, 1]
+    assert list(frame["state"]) == ["COMPLETE", "COMPLETE"], frame
+    for number in (0, 1):  # the re-run trial's history: each epoch once, all of them
+        history = pd.read_csv(tmp_path / "smoke" / "history" / f"trial_{number}.csv")
+        assert list(history["epoch"]) == list(range(1, epochs + 1))
+    retried = glob.glob(str(tmp_path / "smoke" / "ray" / "smoke" / f"*{victim}*" / "error.*"))
+    assert retried, "the killed trial left no error record: was it retried?"

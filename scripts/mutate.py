@@ -1,0 +1,137 @@
+"""Mutation testing of the numeric core: ``make mutate``.
+
+Usage: ``python scripts/mutate.py [--jobs N] [--keep] [--fail-under P] [PATTERN ...]``.
+
+The numbers behind every verdict (losses, metrics, statistics, the validation split, the
+last-epoch rule, search-space and study validation, atomic writes) fail silently when they are
+wrong, so their tests must fail when the code is changed. mutmut (configured under
+``[tool.mutmut]`` in pyproject.toml) plants one small change at a time in a copy of the sources
+under ``mutants/`` and runs the tests that execute the changed function; a mutant the tests do
+not notice "survives". This script runs mutmut on the core's functions (:data:`CORE`, or the
+given mutant-name patterns), lists the survivors with their diffs in ``mutants/survivors.txt``
+and ends with one line, ``mutation score: K killed of N (P%)``. A timeout counts as killed;
+a mutant no selected test executes counts as surviving. Exit status 1 below ``--fail-under``.
+
+mutmut imports the tests once in a fork server and forks a process per mutant, so torch is
+imported once, not once per mutant. docs/mutation.md lists the survivors and why each survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["CORE", "main", "score"]
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+
+# Mutant-name patterns of the numeric core (mutmut names a mutant
+# ``<module>.x_<function>__mutmut_<n>``, a method ``<module>.xǁ<Class>ǁ<method>__mutmut_<n>``).
+# The files they live in are listed under ``only_mutate`` in pyproject.toml.
+CORE = (
+    "dgkd.losses.*",
+    "dgkd.metrics.*",
+    "dgkd.stats.*",
+    "dgkd.io.*",
+    "dgkd.space.*",
+    "dgkd.study.*",
+    "dgkd.config.*",
+    "dgkd.data.x__carve__mutmut_*",  # the validation split
+    "dgkd.train.x__train_population__mutmut_*",  # final metrics: the last epoch's
+    "dgkd.train.x_evaluate__mutmut_*",  # the test split, once, on the final model
+)
+
+# mutmut's exit-code verdicts that mean the tests noticed the mutant.
+_KILLED = {"killed", "timeout", "segfault"}
+
+
+def _mutmut() -> str:
+    exe = Path(sys.executable).parent / "mutmut"
+    if not exe.exists():
+        raise SystemExit("mutmut is not installed: pip install -e '.[mutate]'")
+    return str(exe)
+
+
+def _results(patterns: tuple[str, ...]) -> dict[str, str]:
+    """``{mutant name: verdict}`` of the mutants matching ``patterns``, from mutmut's files."""
+    from mutmut.stats import status_by_exit_code
+
+    out: dict[str, str] = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in codes.items():
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                out[name] = status_by_exit_code[code]
+    return out
+
+
+def score(verdicts: dict[str, str]) -> tuple[int, int, float]:
+    """``(killed, total, percent)`` of a ``{mutant: verdict}`` table."""
+    killed = sum(v in _KILLED for v in verdicts.values())
+    total = len(verdicts)
+    return killed, total, 100.0 * killed / total if total else 0.0
+
+
+def _diff(name: str) -> str:
+    proc = subprocess.run(
+        [_mutmut(), "show", name], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("-", "+", "@")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("patterns", nargs="*", help="mutant-name patterns (default: the core)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants at once")
+    parser.add_argument("--keep", action="store_true", help="reuse mutants/ (default: fresh)")
+    parser.add_argument("--fail-under", type=float, default=90.0, help="minimum score, percent")
+    args = parser.parse_args(argv)
+    patterns = tuple(args.patterns) or CORE
+
+    if not args.keep and MUTANTS.exists():
+        shutil.rmtree(MUTANTS)
+    MUTANTS.mkdir(exist_ok=True)
+    log = MUTANTS / "run.log"
+    print(f"mutmut: {len(patterns)} pattern(s), {args.jobs} job(s); progress in {log}", flush=True)
+    start = time.monotonic()
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [_mutmut(), "run", "--max-children", str(args.jobs), *patterns],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    verdicts = _results(patterns)
+    if proc.returncode != 0 or not verdicts:
+        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-20:]
+        print("\n".join(tail))
+        print(f"mutmut failed (exit {proc.returncode}); see {log}")
+        return 2
+    unchecked = [n for n, v in verdicts.items() if v == "not checked"]
+    if unchecked:
+        print(f"mutmut left {len(unchecked)} mutant(s) unchecked; see {log}")
+        return 2
+
+    survivors = sorted(n for n, v in verdicts.items() if v not in _KILLED)
+    report = [f"# {n}: {verdicts[n]}\n{_diff(n)}\n" for n in survivors]
+    (MUTANTS / "survivors.txt").write_text("\n".join(report))
+    for name in survivors:
+        print(f"  {verdicts[name]:>9}  {name}")
+    killed, total, percent = score(verdicts)
+    minutes = (time.monotonic() - start) / 60
+    print(f"{len(survivors)} survivor(s), diffs in {MUTANTS / 'survivors.txt'}; {minutes:.1f} min")
+    print(f"mutation score: {killed} killed of {total} ({percent:.1f}%)")
+    return 0 if percent >= args.fail_under else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
