@@ -154,6 +154,10 @@ def run_search(study: Study, opts: SearchOptions, *, log: Log | None = None) -> 
         SearchInputError: unreachable storage or cluster, or a storage holding a different study.
     """
     log = log or print_line
+    # Before any trial: a Ctrl-C or SIGTERM that lands inside pandas' first import leaves its
+    # options half-registered, and the outputs written on that interruption need pandas.
+    import pandas  # noqa: F401
+
     backend = get_backend(opts.backend)
     backend.preflight(study, opts)  # before anything is moved or written
     if opts.fresh:
