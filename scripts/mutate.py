@@ -10,7 +10,8 @@ under ``mutants/`` and runs the tests that execute the changed function; a mutan
 not notice "survives". This script runs mutmut on the core's functions (:data:`CORE`, or the
 given mutant-name patterns), lists the survivors with their diffs in ``mutants/survivors.txt``
 and ends with one line, ``mutation score: K killed of N (P%)``. A timeout counts as killed;
-a mutant no selected test executes counts as surviving. Exit status 1 below ``--fail-under``.
+a mutant no selected test executes counts as surviving. Exit status 1 below ``--fail-under``,
+2 when mutmut itself fails.
 
 mutmut imports the tests once in a fork server and forks a process per mutant, so torch is
 imported once, not once per mutant. docs/mutation.md lists the survivors and why each survives.

@@ -72,7 +72,7 @@ def test_each_rule_at_its_boundary(field: str, good, bad, message: str) -> None:
         ({"device": "tpu"}, "device must be one of auto, cpu, cuda, got 'tpu'"),
         ({"grad_term": "log"}, "grad_term must be 'normalized' or 'raw', got 'log'"),
         ({"teacher": "resnet9"}, "teacher must be one of " + ", ".join(MODEL_NAMES)),
-        ({"student": "cnn2d"}, "student must be one of "),
+        ({"student": "cnn2d"}, "student must be one of " + ", ".join(MODEL_NAMES) + ", got"),
         ({"schedule": "multistep"}, "milestones must be set for schedule 'multistep', got ()"),
         ({"epochs": True}, "epochs must be of type int, got True"),
         ({"epochs": 2.0}, "epochs must be of type int, got 2.0"),

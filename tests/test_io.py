@@ -229,3 +229,39 @@ def test_move_aside_stamps_the_date_and_time(tmp_path: Path) -> None:
     assert re.fullmatch(r"runs\.old-20\d{6}-\d{6}", moved.name), moved.name
     stamp = moved.name.removeprefix("runs.old-")
     assert time.strptime(stamp, "%Y%m%d-%H%M%S")  # a real date and time, in this order
+
+
+def test_files_get_the_umasks_permissions(tmp_path: Path) -> None:
+    """Like open(): 0o666 less the umask (a bare temporary file would be 0o600)."""
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            path = atomic_write_bytes(tmp_path / f"m{mask:o}", b"x")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == mode, oct(mask)
+
+
+def test_the_umask_is_read_without_changing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc shows it, the umask is read, not set and restored (other threads may be
+    creating files meanwhile); elsewhere set and restored."""
+    old = os.umask(0o027)
+    try:
+        calls: list[int] = []
+        real_umask = os.umask
+
+        def spy(mask: int) -> int:
+            calls.append(mask)
+            return real_umask(mask)
+
+        monkeypatch.setattr(io.os, "umask", spy)
+        assert io._umask() == 0o027 and calls == []
+
+        def no_proc(path, *args, **kwargs):
+            raise OSError("no /proc here")
+
+        monkeypatch.setattr(io, "open", no_proc, raising=False)
+        assert io._umask() == 0o027 and len(calls) == 2
+        assert real_umask(0o027) == 0o027  # restored
+    finally:
+        os.umask(old)

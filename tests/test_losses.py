@@ -660,3 +660,75 @@ def test_kd_needs_a_positive_temperature_and_two_students_are_two() -> None:
     ce = cross_entropy(zs, y)
     for i in range(2):
         torch.testing.assert_close(ce[i], F.cross_entropy(zs[i].float(), y[i]))
+
+
+def test_half_precision_terms_and_teacher_table_are_float32() -> None:
+    from dgkd.losses import teacher_stats
+
+    # T = 3: dividing by it rounds differently in half and float precision (by 2 would not).
+
+    zs, zt, y = _batch((16, 10), seed=41, dtype=torch.float32)
+    hs, ht = zs.half(), zt.half()
+    table = teacher_stats(ht, y, temperature=3.0).table
+    assert table.dtype == torch.float32
+    torch.testing.assert_close(table, teacher_stats(ht.float(), y, temperature=3.0).table)
+    for fn in (dkd_terms, grad_terms):
+        got = fn(hs, ht, y, temperature=3.0)
+        want = fn(hs.float(), ht.float(), y, temperature=3.0)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-9)
+
+
+def test_population_shape_errors_name_the_population() -> None:
+    from dgkd.losses import TeacherStats, teacher_stats
+
+    zs, zt, y = _population((3, 8, 2), seed=42)
+    with pytest.raises(ValueError) as info:
+        dkd_terms(zs, zt, y, temperature=1.0)
+    assert str(info.value) == (
+        "DKD needs at least 3 classes (got 2): with fewer, the non-target distribution has one "
+        "class or none and NCKD is undefined; use kd or ce"
+    )
+    zs, zt, y = _population((3, 8, 5), seed=42)
+    with pytest.raises(ValueError, match=r"^target must have shape \(3, 8\), got \(3, 7\)$"):
+        grad_terms(zs, zt, y[:, :7], temperature=1.0)
+    flat = teacher_stats(zt.flatten(0, 1), y.flatten(), temperature=1.0)
+    stats = TeacherStats(flat.table.view(3, 8, -1))
+    kw = {"alpha": 1.0, "beta": 8.0, "epsilon": 1.0, "temperature": 1.0}
+    with pytest.raises(ValueError) as info:
+        dgkd_loss(zs[:, :4], None, y[:, :4], stats=stats, **kw)
+    assert str(info.value) == "stats are for (3, 8, 5) logits, got (3, 4, 5)"
+    three = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    for name in ("epsilon", "temperature", "ce_weight"):
+        with pytest.raises(ValueError, match=rf"^{name} has shape \(3,\): per-student values"):
+            dgkd_loss(zs[0], zt[0], y[0], **{**kw, name: three})
+
+
+def test_population_with_shared_numbers_and_mixed_grad_terms_is_bitwise_alone() -> None:
+    """Python numbers, one student normalized and one raw: each bit for bit as alone (the
+    per-student coefficients are formed in double precision, as for numbers)."""
+    zs, zt, y = _population((2, 8, 5), seed=43)
+    kw = {"alpha": 1.3, "beta": 7.1, "epsilon": 3.3, "temperature": 3.7, "ce_weight": 0.7}
+    terms = ["normalized", "raw"]
+    for dtype in (torch.float32, torch.float64):
+        x = zs.to(dtype).clone().requires_grad_(True)
+        out = dgkd_loss(x, zt.to(dtype), y, grad_term=terms, **kw)
+        out["loss"].sum().backward()
+        for i, term in enumerate(terms):
+            xi = zs[i].to(dtype).clone().requires_grad_(True)
+            ref = dgkd_loss(xi, zt[i].to(dtype), y[i], grad_term=term, **kw)
+            ref["loss"].backward()
+            for key in ref:
+                torch.testing.assert_close(out[key][i], ref[key], rtol=0, atol=0)
+            torch.testing.assert_close(x.grad[i], xi.grad, rtol=0, atol=0)
+
+
+def test_population_cross_entropy_with_one_example_each() -> None:
+    from dgkd.losses import cross_entropy
+
+    zs, _, y = _population((3, 1, 6), seed=44)
+    ce = cross_entropy(zs, y)
+    assert ce.shape == (3,)
+    for i in range(3):
+        torch.testing.assert_close(ce[i], F.cross_entropy(zs[i].float(), y[i]))

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from dgkd.stats import (
+    ALPHA,
     CONFIDENCE,
     N_RESAMPLES,
     bootstrap_ci,
@@ -18,6 +19,7 @@ from dgkd.stats import (
     paired_test,
     probability_of_improvement,
     summarize,
+    verdict,
 )
 
 
@@ -262,3 +264,50 @@ def test_compare_paired_against_independent_references() -> None:
     lower = compare_paired(var, ref, higher_is_better=False)
     assert lower.p_improve == pytest.approx(1 - u / 400)
     assert lower.delta == cmp.delta and lower.p == cmp.p
+
+
+# --- the verdict word --------------------------------------------------------------------------
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "p", "higher_is_better", "word"),
+    [
+        # the CI beyond zero and p below ALPHA: supported on the better side, else opposite
+        (0.01, 0.03, 0.01, True, "supported"),
+        (-0.03, -0.01, 0.01, True, "opposite"),
+        (-0.03, -0.01, 0.01, False, "supported"),
+        (0.01, 0.03, 0.01, False, "opposite"),
+        # the CI containing zero and p at or above ALPHA: no difference
+        (-0.01, 0.02, 0.2, True, "no difference"),
+        (-0.01, 0.02, 0.05, True, "no difference"),  # p == ALPHA is not below it
+        # the two disagree: inconclusive
+        (0.01, 0.03, 0.2, True, "inconclusive"),
+        (0.01, 0.03, 0.05, True, "inconclusive"),
+        (-0.01, 0.02, 0.01, True, "inconclusive"),
+        (-0.03, -0.01, 0.3, False, "inconclusive"),
+        # a bound exactly at zero does not exclude it
+        (0.0, 0.03, 0.01, True, "inconclusive"),
+        (-0.03, 0.0, 0.01, False, "inconclusive"),
+        (0.0, 0.03, 0.5, True, "no difference"),
+        (-0.03, 0.0, 0.5, True, "no difference"),
+        # just beyond zero counts
+        (1e-12, 0.03, 0.049, True, "supported"),
+        (-0.03, -1e-12, 0.049, False, "supported"),
+        # undefined numbers
+        (NAN, 0.03, 0.01, True, "not checked"),
+        (0.01, NAN, 0.01, True, "not checked"),
+        (0.01, 0.03, NAN, True, "not checked"),
+        (0.01, math.inf, 0.01, True, "not checked"),
+        (-math.inf, -0.01, 0.01, True, "not checked"),
+    ],
+)
+def test_verdict_table(low: float, high: float, p: float, higher_is_better: bool, word: str):
+    assert ALPHA == 0.05
+    assert verdict(low, high, p, higher_is_better=higher_is_better) == word
+
+
+def test_verdict_defaults_to_higher_is_better():
+    assert verdict(0.01, 0.02, 0.001) == "supported"
+    assert verdict(-0.02, -0.01, 0.001) == "opposite"

@@ -375,3 +375,54 @@ def test_cmaes_sampler_needs_its_package(tmp_path: Path, monkeypatch: pytest.Mon
         load_study(path)
     assert str(info.value) == f"{path}: sampler: cmaes needs the cmaes package; pip install cmaes"
     assert load_study(write(tmp_path, 'space = "eps"\nsampler = "tpe"\n')).sampler == "tpe"
+
+
+# --- seeds per trial and the confirm stage -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("seeds = 0\n", "F: seeds: must be >= 1 (seeds per trial), got 0"),
+        ('seeds = "4"\n', "F: seeds: must be of type int, got '4'"),
+        ("seeds = true\n", "F: seeds: must be of type int, got True"),
+        ("confirm = 3\n", "F: confirm: must be of type dict, got 3"),
+        ("[confirm]\ntop = 1\nbogus = 2\n", "F: confirm.bogus: unknown key; allowed: top, seeds"),
+        ("[confirm]\na = 1\nb = 2\n", "F: confirm.a: unknown key; allowed: top, seeds"),
+        ("[confirm]\ntop = -1\n", "F: confirm.top: must be an integer >= 0, got -1"),
+        ("[confirm]\ntop = 1.5\n", "F: confirm.top: must be an integer >= 0, got 1.5"),
+        ("[confirm]\ntop = true\n", "F: confirm.top: must be an integer >= 0, got True"),
+        ("[confirm]\nseeds = -2\n", "F: confirm.seeds: must be an integer >= 0, got -2"),
+        ('[confirm]\nseeds = "x"\n', "F: confirm.seeds: must be an integer >= 0, got 'x'"),
+        ("[confirm]\ntop = 2\nseeds = 1\n", "F: confirm.seeds: must be >= 2 to compare paired"),
+        ("[confirm]\ntop = 2\nseeds = 0\n", "F: confirm.seeds: must be >= 2 to compare paired"),
+    ],
+)
+def test_seeds_and_confirm_are_validated(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, 'space = "eps"\n' + text)
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert str(info.value).replace(str(path), "F").startswith(expected), str(info.value)
+
+
+def test_seeds_and_confirm_boundaries_that_are_valid(tmp_path: Path) -> None:
+    bare = load_study(write(tmp_path, 'space = "eps"\n'))
+    assert (bare.seeds, bare.confirm_top, bare.confirm_seeds) == (1, 0, 10)
+    study = load_study(write(tmp_path, 'space = "eps"\nseeds = 3\n[confirm]\ntop = 2\nseeds = 2\n'))
+    assert (study.seeds, study.confirm_top, study.confirm_seeds) == (3, 2, 2)
+    # No confirm stage (top 0): its seeds are not checked against 2.
+    off = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 0\nseeds = 0\n'))
+    assert (off.confirm_top, off.confirm_seeds) == (0, 0)
+    only_top = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 1\n'))
+    assert (only_top.confirm_top, only_top.confirm_seeds) == (1, 10)
+
+
+def test_trial_seeds_start_at_the_configs_seed(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, 'space = "eps"\nseeds = 3\n[base]\nseed = 5\n'))
+    assert study.trial_seeds() == [5, 6, 7]
+    assert study.trial_seeds({"seed": 10}) == [10, 11, 12]
+    assert study.trial_seeds(seeds=2) == [5, 6]
+    assert study.trial_seeds({"seed": 0}, seeds=1) == [0]
+    assert load_study("eps_sweep").replace(seeds=1).trial_seeds() == [0]
+    with pytest.raises(ConfigError, match="beta is set by the study's search space"):
+        study.trial_seeds({"beta": 1.0})
