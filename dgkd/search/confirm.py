@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dgkd.io import atomic_write_text
 from dgkd.search.records import TrialRecord, completed
+from dgkd.search.seeds import same_params
 from dgkd.search.verdict import Verdict, judge, verdict_markdown
 
 if TYPE_CHECKING:
@@ -62,17 +63,6 @@ def confirm_seeds(search_seeds: Sequence[int], n: int) -> tuple[int, ...]:
     return tuple(range(start, start + n))
 
 
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    if set(a) != set(b):
-        return False
-    return all(
-        math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-12)
-        if isinstance(a[k], float) or isinstance(b[k], float)
-        else a[k] == b[k]
-        for k in a
-    )
-
-
 def plan_confirm(
     study: Study,
     records: Sequence[TrialRecord],
@@ -93,14 +83,14 @@ def plan_confirm(
     trials: dict[str, int | None] = {}
     if base_params is not None:
         configs[BASELINE] = base_params
-        match = next((r for r in done if _same(r.params, base_params)), None)
+        match = next((r for r in done if same_params(r.params, base_params)), None)
         trials[BASELINE] = match.number if match else None
     for r in ranked:
         if len(configs) - (base_params is not None) >= top:
             break
-        if base_params is not None and _same(r.params, base_params):
+        if base_params is not None and same_params(r.params, base_params):
             continue
-        if any(_same(r.params, p) for p in configs.values()):
+        if any(same_params(r.params, p) for p in configs.values()):
             continue  # a repeated point (a grid or a re-run): one entry is enough
         name = f"trial {r.number}"
         configs[name], trials[name] = dict(r.params), r.number
@@ -161,7 +151,7 @@ def run_confirm(
     kept: dict[tuple[str, int], dict[str, Any]] = {}
     for old in _read(path):
         name, seed = old["config"], int(old["seed"])
-        same = name in plan.configs and _same(json.loads(old["params"]), plan.configs[name])
+        same = name in plan.configs and same_params(json.loads(old["params"]), plan.configs[name])
         if same and seed in plan.seeds:
             kept[(name, seed)] = old
     for name, params in plan.configs.items():

@@ -19,13 +19,14 @@ if TYPE_CHECKING:
 
     from dgkd.study import Study
 
-__all__ = ["SEED_COLUMNS", "baseline_record", "seed_columns", "seeds_frame"]
+__all__ = ["SEED_COLUMNS", "baseline_record", "same_params", "seed_columns", "seeds_frame"]
 
 # trials.csv columns this module adds after ``value``
 SEED_COLUMNS = ("seeds", "value_std", "value_se", "delta_baseline", "delta_baseline_se")
 
 
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two trials' parameters are the same point (numbers to within 1e-12)."""
     return set(a) == set(b) and all(
         math.isclose(a[k], b[k], abs_tol=1e-12)
         if isinstance(a[k], int | float) and isinstance(b[k], int | float)
@@ -40,7 +41,7 @@ def baseline_record(study: Study, records: Sequence[TrialRecord]) -> TrialRecord
         return None
     point = study.enqueue[0]
     done = sorted(completed(records), key=lambda r: r.number)
-    return next((r for r in done if _same(r.params, point)), None)
+    return next((r for r in done if same_params(r.params, point)), None)
 
 
 def _values(record: TrialRecord, metric: str) -> dict[int, float]:
