@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +21,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from pgserver import local_server
 
 from dgkd.cli import search_main
 from dgkd.search.optuna import storage as optuna_storage
@@ -229,35 +229,8 @@ def postgres_url():
     if os.environ.get("DGKD_TEST_POSTGRES_URL"):
         yield os.environ["DGKD_TEST_POSTGRES_URL"]
         return
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    initdb = shutil.which("initdb") or (str(bins[-1]) if bins else None)
-    if initdb is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is not installed")
-    bindir = Path(os.path.realpath(initdb)).parent
-    root = Path(tempfile.mkdtemp(prefix="dgkd-pg-", dir="/tmp"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        shutil.chown(root, "postgres", "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = lambda *a: subprocess.run([*prefix, *a], check=True, capture_output=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o", opts, "start")
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "t")
-        yield f"postgresql://postgres@127.0.0.1:{port}/t"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    with local_server() as server:
+        yield server.url
 
 
 def test_postgresql_two_workers(tmp_path: Path, postgres_url: str) -> None:

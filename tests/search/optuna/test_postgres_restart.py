@@ -7,21 +7,17 @@ except under CI (CI=true), where that is a failure.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from pgserver import Server, local_server
 
 from dgkd.search.optuna.reconnect import is_connection_error
 from dgkd.search.optuna.storage import driver_url
@@ -30,50 +26,11 @@ from dgkd.study import load_study
 CODE = "import sys; from dgkd.cli import search_main; sys.exit(search_main(sys.argv[1:]))"
 
 
-@dataclass
-class Server:
-    url: str
-    pg_ctl: list[str]  # pg_ctl -D DATA -l LOG, run as the server's user
-
-
 @pytest.fixture
 def server() -> Iterator[Server]:
     """A PostgreSQL server of this test's own on loopback (restarting it disturbs no other)."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    initdb = shutil.which("initdb") or (str(bins[-1]) if bins else None)
-    if initdb is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed (bash .ci/postgres.sh installs it)")
-        pytest.skip("PostgreSQL is not installed")
-    bindir = Path(os.path.realpath(initdb)).parent
-    root = Path(tempfile.mkdtemp(prefix="dgkd-pgr-", dir="/tmp"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        shutil.chown(root, "postgres", "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def run(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    # The server's output goes to its log: a pipe of ours held by the server would never close.
-    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log")]
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
-    subprocess.run([*pg_ctl, "-w", "-o", opts, "start"], check=True, timeout=60,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "t")
-        yield Server(f"postgresql://postgres@127.0.0.1:{port}/t", pg_ctl)
-    finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], stdout=subprocess.DEVNULL, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with local_server() as srv:
+        yield srv
 
 
 def test_connection_errors_are_told_apart() -> None:
