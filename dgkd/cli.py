@@ -321,6 +321,8 @@ def _search_parser() -> argparse.ArgumentParser:
         f"(default {option_default('gpus_per_trial'):g})")
     add("--seeds", type=int, metavar="K", help="seeds per trial, trained as one population; "
         "the trial's value is their mean (default: the study's seeds)")
+    add("--batch", type=int, metavar="N", help="ask the sampler for N trials at once and train "
+        "them as one population (optuna backend; default: the study's batch)")
     add("--confirm-top", type=int, metavar="K", help="retrain the K best configs and the "
         "baseline on fresh seeds and state a verdict; 0 = off (default: the study's [confirm])")
     add("--confirm-seeds", type=int, metavar="N",
@@ -380,6 +382,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             overrides=parse_overrides(args.overrides),
             mlflow=args.mlflow,
             seeds=args.seeds,
+            batch=args.batch,
             confirm_top=args.confirm_top,
             confirm_seeds=args.confirm_seeds,
         )

@@ -12,6 +12,7 @@ A study is a TOML file, e.g. ``studies/eps_sweep.toml``::
     seed = 0
     enqueue = [{ epsilon = 0.0 }]   # run first (here: the DKD baseline)
     seeds = 4                  # every trial trains seeds 0..3 (paired across trials)
+    batch = 4                  # the sampler proposes 4 trials at a time, trained as one population
 
     [confirm]                  # retrain the top configs and the baseline on fresh seeds
     top = 3
@@ -81,6 +82,7 @@ _KEYS = (
     "seed",
     "enqueue",
     "seeds",
+    "batch",
     "confirm",
     "base",
 )
@@ -104,6 +106,7 @@ class Study:
     seed: int = 0
     enqueue: tuple[dict[str, Any], ...] = ()  # params enqueued first (eps_sweep: {epsilon = 0})
     seeds: int = 1  # seeds per trial, trained as one population; the trial's value is their mean
+    batch: int = 1  # trials asked of the sampler at once and trained as one population (Optuna)
     confirm_top: int = 0  # configs the confirm stage retrains on fresh seeds (0 = no stage)
     confirm_seeds: int = 10  # fresh seeds per config in the confirm stage
 
@@ -200,6 +203,9 @@ def load_study(name_or_path: str | Path) -> Study:
     seeds = get("seeds", int, 1)
     if seeds < 1:
         raise SpecError(f"{src}: seeds: must be >= 1 (seeds per trial), got {seeds}")
+    batch = get("batch", int, 1)
+    if batch < 1:
+        raise SpecError(f"{src}: batch: must be >= 1 (trials trained at once), got {batch}")
     confirm = get("confirm", dict, {})
     unknown = sorted(set(confirm) - set(_CONFIRM_KEYS))
     if unknown:
@@ -255,6 +261,7 @@ def load_study(name_or_path: str | Path) -> Study:
         seed=seed,
         enqueue=enqueue,
         seeds=seeds,
+        batch=batch,
         confirm_top=confirm_top,
         confirm_seeds=confirm_seeds,
     )

@@ -299,7 +299,7 @@ def test_exact_messages(tmp_path: Path) -> None:
 
     assert message('space = "eps"\nbogus = 1\n') == (
         "F: bogus: unknown key; allowed: description, space, metric, direction, sampler, "
-        "pruner, trials, seed, enqueue, seeds, confirm, base"
+        "pruner, trials, seed, enqueue, seeds, batch, confirm, base"
     )
     assert message('space = "eps"\nmetric = "test_acc"\n') == (
         "F: metric: test_acc is measured on the test split, which is reported but never "
@@ -386,6 +386,8 @@ def test_cmaes_sampler_needs_its_package(tmp_path: Path, monkeypatch: pytest.Mon
         ("seeds = 0\n", "F: seeds: must be >= 1 (seeds per trial), got 0"),
         ('seeds = "4"\n', "F: seeds: must be of type int, got '4'"),
         ("seeds = true\n", "F: seeds: must be of type int, got True"),
+        ("batch = 0\n", "F: batch: must be >= 1 (trials trained at once), got 0"),
+        ("batch = 2.0\n", "F: batch: must be of type int, got 2.0"),
         ("confirm = 3\n", "F: confirm: must be of type dict, got 3"),
         ("[confirm]\ntop = 1\nbogus = 2\n", "F: confirm.bogus: unknown key; allowed: top, seeds"),
         ("[confirm]\na = 1\nb = 2\n", "F: confirm.a: unknown key; allowed: top, seeds"),
@@ -407,7 +409,8 @@ def test_seeds_and_confirm_are_validated(tmp_path: Path, text: str, expected: st
 
 def test_seeds_and_confirm_boundaries_that_are_valid(tmp_path: Path) -> None:
     bare = load_study(write(tmp_path, 'space = "eps"\n'))
-    assert (bare.seeds, bare.confirm_top, bare.confirm_seeds) == (1, 0, 10)
+    assert (bare.seeds, bare.batch, bare.confirm_top, bare.confirm_seeds) == (1, 1, 0, 10)
+    assert load_study(write(tmp_path, 'space = "eps"\nbatch = 3\n')).batch == 3
     study = load_study(write(tmp_path, 'space = "eps"\nseeds = 3\n[confirm]\ntop = 2\nseeds = 2\n'))
     assert (study.seeds, study.confirm_top, study.confirm_seeds) == (3, 2, 2)
     # No confirm stage (top 0): its seeds are not checked against 2.

@@ -28,6 +28,8 @@ class SearchBackend(ABC):
     name: ClassVar[str]
     #: Whether it runs on a cluster and takes --address, --cpus-per-trial, --gpus-per-trial.
     uses_cluster: ClassVar[bool] = False
+    #: Whether it can train several trials as one population (--batch).
+    batches: ClassVar[bool] = False
 
     def preflight(self, study: Study, opts: SearchOptions) -> None:
         """Checks that must pass before anything is moved aside or written (e.g. the storage).

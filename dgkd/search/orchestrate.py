@@ -54,6 +54,7 @@ def make_options(
     overrides: dict[str, Any] | None = None,
     mlflow: str | None = None,
     seeds: int | None = None,
+    batch: int | None = None,
     confirm_top: int | None = None,
     confirm_seeds: int | None = None,
 ) -> SearchOptions:
@@ -85,10 +86,17 @@ def make_options(
     if gpus_per_trial is not None and not gpus_per_trial >= 0:
         raise SearchInputError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
     seeds = study.seeds if seeds is None else seeds
+    if batch is not None and batch > 1 and not runner.batches:
+        raise SearchInputError(
+            f"--batch applies to --backend optuna only; --backend {backend} runs each trial's "
+            "seeds as one population and trials side by side (--cpus-per-trial)"
+        )
+    batch = (study.batch if runner.batches else 1) if batch is None else batch
     confirm_top = study.confirm_top if confirm_top is None else confirm_top
     confirm_seeds = study.confirm_seeds if confirm_seeds is None else confirm_seeds
     for flag, value, low in (
         ("--seeds", seeds, 1),
+        ("--batch", batch, 1),
         ("--confirm-top", confirm_top, 0),
         ("--confirm-seeds", confirm_seeds, 2 if confirm_top else 0),
     ):
@@ -116,6 +124,7 @@ def make_options(
         overrides=overrides,
         mlflow=mlflow,
         seeds=seeds,
+        batch=batch,
         confirm_top=confirm_top,
         confirm_seeds=confirm_seeds,
     )

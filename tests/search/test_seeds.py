@@ -12,9 +12,9 @@ import pytest
 
 from dgkd.cli import search_main
 from dgkd.config import TrainConfig
-from dgkd.search.common import train_trial
 from dgkd.search.confirm import FIRST_CONFIRM_SEED
 from dgkd.search.records import TrialState
+from dgkd.search.trial import train_trial
 from dgkd.study import SpecError, available_studies, load_study
 from dgkd.train import train
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 from dgkd.runtime import threads_per_worker
 from dgkd.search.base import SearchBackend
 from dgkd.search.common import Log, grid_size, print_line, stop_interrupted, trial_total
+from dgkd.search.optuna.processes import run_processes
 from dgkd.search.optuna.records import to_records
 from dgkd.search.optuna.recovery import recover
 from dgkd.search.optuna.storage import (
@@ -22,7 +23,7 @@ from dgkd.search.optuna.storage import (
     open_for_search,
     storage_label,
 )
-from dgkd.search.optuna.workers import Quiet, Worker, run_processes
+from dgkd.search.optuna.workers import Quiet, Worker
 from dgkd.search.records import SearchOptions, TrialRecord
 from dgkd.search.reporter import SearchReporter
 
@@ -36,6 +37,7 @@ class OptunaBackend(SearchBackend):
     """Optuna's samplers and pruners over a shared storage, ``opts.workers`` processes."""
 
     name: ClassVar[str] = "optuna"
+    batches: ClassVar[bool] = True
 
     def preflight(self, study: Study, opts: SearchOptions) -> None:
         """Storage reachable, and not holding this study with another space or config."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -289,29 +290,29 @@ def move_study_aside(storage: BaseStorage, name: str) -> str | None:
 
 # --- interruptions (see the module docstring) -------------------------------------------------
 
-_critical = 0  # journal writes in progress in this process
-_deferred = False  # an interruption arrived during one
+# Python runs signal handlers in the main thread only, so only its journal writes can be cut;
+# those of other threads (the trials of a batch) finish while the main thread stops.
+_main = threading.local()  # .critical: journal writes in progress; .deferred: a signal came
 
 
 def defer_interrupt(signum: int, frame: Any) -> None:
-    """Signal handler for SIGINT and SIGTERM: KeyboardInterrupt, after any journal write."""
-    global _deferred
-    if _critical:
-        _deferred = True
+    """Signal handler for SIGINT and SIGTERM: KeyboardInterrupt, after the main thread's
+    journal write in progress, if any."""
+    if getattr(_main, "critical", 0):
+        _main.deferred = True
         return
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def _uninterruptible() -> Iterator[None]:
-    global _critical, _deferred
-    _critical += 1
+    _main.critical = getattr(_main, "critical", 0) + 1
     try:
         yield
     finally:
-        _critical -= 1
-        if not _critical and _deferred:
-            _deferred = False
+        _main.critical -= 1
+        if not _main.critical and getattr(_main, "deferred", False):
+            _main.deferred = False
             raise KeyboardInterrupt
 
 

@@ -1,24 +1,19 @@
-"""Processes that run an Optuna study's trials, and recovery from ones that stopped.
+"""A worker: one process running an Optuna study's trials, one at a time or in batches.
 
-Workers claim a trial under a file lock (check the count, ``ask``), so several processes on a
-machine stop at exactly the total. Every trial records its process as ``user_attrs["worker"]``
-(see :mod:`.recovery`); Ctrl-C and SIGTERM fail the trials they interrupt and enqueue their
-parameters again; the re-run resumes the interrupted trial's checkpoint. A trial writes its
-history, its state while it trains and its (complete) student (:mod:`..trialfiles`).
+Workers claim a trial (or a batch of them, :mod:`.batch`) under a file lock (check the count,
+``ask``), so several processes on a machine (:mod:`.processes`) stop at exactly the total.
+Every trial records its process as ``user_attrs["worker"]`` (see :mod:`.recovery`); Ctrl-C and
+SIGTERM fail the trials they interrupt and enqueue their parameters again; the re-run resumes
+the interrupted trial's checkpoint. A trial writes its history, its state while it trains and
+its (complete) student (:mod:`..trialfiles`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
-import queue
 import signal
-import sys
 import threading
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -26,39 +21,34 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import BaseStorage
 
-from dgkd.config import ConfigError
-from dgkd.errors import one_line
 from dgkd.io import json_metrics
-from dgkd.runtime import set_threads, threads_per_worker
-from dgkd.search.common import TrialTracking, train_trial, trial_seeds
+from dgkd.runtime import set_threads
+from dgkd.search.common import trial_seeds
+from dgkd.search.optuna.batch import Batch, BatchFailed
 from dgkd.search.optuna.records import TRIAL_ATTRS, occupied, to_records
 from dgkd.search.optuna.recovery import retried_trial, worker_id
-from dgkd.search.optuna.storage import defer_interrupt, is_url, journal_path, open_storage
+from dgkd.search.optuna.storage import defer_interrupt, is_url, journal_path
 from dgkd.search.records import (
     INTERRUPTED,
-    SearchInputError,
     SearchOptions,
     TrialRecord,
     TrialState,
 )
-from dgkd.search.reporter import SearchReporter
 from dgkd.search.sampling import make_pruner, make_sampler
+from dgkd.search.trial import TrialJob, TrialOutcome, TrialTracking, train_trial
 from dgkd.search.trialfiles import (
-    checkpoint_path,
     save_student,
     student_path,
     trial_checkpoint,
     write_history,
 )
-from dgkd.space import SpecError
 
 if TYPE_CHECKING:
     from dgkd.study import Study
 
-__all__ = ["Quiet", "Worker", "run_processes"]
+__all__ = ["Quiet", "Worker"]
 
 CLAIM_LOCK = ".claim.lock"
-POLL_S = 0.5  # how often the parent of several workers reads the storage
 
 
 # --- one process ------------------------------------------------------------------------------
@@ -105,7 +95,8 @@ class Worker:
         self._holding = False
         self._id = worker_id()
         self._heartbeat = is_url(opts.storage)
-        self._seeds = trial_seeds(study, opts)
+        self._seeds = tuple(trial_seeds(study, opts))
+        self._batch = opts.batch or 1
 
     def records(self) -> list[TrialRecord]:
         """Every trial of the study, as records."""
@@ -125,8 +116,12 @@ class Worker:
             try:
                 if self._heartbeat:  # fail (and re-enqueue) trials whose heartbeat stopped first
                     optuna.storages.fail_stale_trials(self.ostudy)
-                if occupied(self.ostudy.get_trials(deepcopy=False)) >= self.total:
+                free = self.total - occupied(self.ostudy.get_trials(deepcopy=False))
+                if free <= 0:
                     return
+                if self._batch > 1:
+                    self._run_batch(min(self._batch, free))
+                    continue
                 self.ostudy.optimize(
                     self._objective,
                     n_trials=1,
@@ -137,28 +132,103 @@ class Worker:
             finally:
                 self._release()
 
+    def _run_batch(self, size: int) -> None:
+        """Ask for ``size`` trials, one after another (so the sampler's draws and the trials'
+        numbers are reproducible, and each sees the ones before it as running), then release
+        the claim and train them as one population here."""
+        batch = Batch()
+        threads: list[threading.Thread] = []
+        try:
+            for _ in range(size):
+                claimed = threading.Event()
+                threads.append(
+                    threading.Thread(target=self._batch_thread, args=(batch, claimed), daemon=True)
+                )
+                threads[-1].start()
+                claimed.wait()
+            self._release()
+            if self.on_change is not None:
+                self.on_change(self.records())
+            batch.train(self.study.metric)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and not batch.trained:
+                for trial in batch.trials:  # in batch order: their re-run is one batch again,
+                    self._interrupted(trial)  # and resumes this one's checkpoint
+                batch.reenqueued = True
+            batch.stop(exc)
+            raise
+        finally:
+            _join(threads)
+            if self.on_change is not None:
+                self.on_change(self.records())
+        errors = [e for e in batch.thread_errors if not isinstance(e, BatchFailed)]
+        if errors:  # as the trial's own exception would have ended a single trial's worker
+            raise errors[0]
+
+    def _batch_thread(self, batch: Batch, claimed: threading.Event) -> None:
+        try:
+            self.ostudy.optimize(
+                lambda trial: self._batch_trial(trial, batch, claimed),
+                n_trials=1,
+                catch=(_TrialFailed,),
+                gc_after_trial=False,
+            )
+        except BaseException as exc:  # the main thread raises what matters
+            batch.thread_errors.append(exc)
+        finally:
+            claimed.set()
+
+    def _batch_trial(self, trial: optuna.Trial, batch: Batch, claimed: threading.Event) -> float:
+        try:
+            with trial_checkpoint(self.opts.out_dir, trial.number, retried_trial(trial)) as path:
+                rows: list[dict[str, float]] = []
+                try:
+                    job = self._job(trial, rows)
+                    index = batch.submit(job, path, trial)
+                    claimed.set()
+                    outcome = batch.outcome(index)
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                except (optuna.TrialPruned, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
+                    trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                    raise
+                finally:
+                    claimed.set()
+                    write_history(self.opts.out_dir, trial.number, rows)
+                return self._finish(trial, outcome)
+        except KeyboardInterrupt:
+            if not (batch.reenqueued and trial in batch.trials):
+                self._interrupted(trial)
+            raise
+
     def _after(self, _study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         if self.on_change is not None:
             self.on_change(self.records())
 
+    def _interrupted(self, trial: optuna.Trial) -> None:
+        """Keep its number, do not count it, re-run its parameters (its state stays for that)."""
+        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
+        self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+
     def _objective(self, trial: optuna.Trial) -> float:
         self._release()  # the trial now exists (RUNNING): others may claim theirs
         try:  # its state stays for its re-run if interrupted, goes when it ends
-            with trial_checkpoint(self.opts.out_dir, trial.number, retried_trial(trial)):
-                return self._trial(trial)
-        except KeyboardInterrupt:  # keeps its number, does not count, re-runs its parameters
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
-            self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            with trial_checkpoint(self.opts.out_dir, trial.number, retried_trial(trial)) as path:
+                return self._trial(trial, path)
+        except KeyboardInterrupt:
+            self._interrupted(trial)
             raise
 
-    def _trial(self, trial: optuna.Trial) -> float:
+    def _job(self, trial: optuna.Trial, rows: list[dict[str, float]]) -> TrialJob:
+        """The trial's parameters drawn, and what it trains; ``rows`` collects its epochs."""
         trial.set_user_attr("worker", self._id)
         params = self.study.space.suggest(trial)
         cfg = self.study.config(params, self.opts.overrides)
-        if self.on_change is not None:
+        if self.on_change is not None and self._batch == 1:  # a batch updates from one thread
             self.on_change(self.records())
-        rows: list[dict[str, float]] = []
 
         def on_epoch(epoch: int, row: dict[str, float], last: bool) -> None:
             rows.append(row)
@@ -168,14 +238,19 @@ class Worker:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         tracking = TrialTracking(self.opts.mlflow, self.study.name, trial.number)
+        return TrialJob(cfg, on_epoch, self._seeds, tracking)
+
+    def _trial(self, trial: optuna.Trial, path: Path) -> float:
+        rows: list[dict[str, float]] = []
         try:
+            job = self._job(trial, rows)
             outcome = train_trial(
-                cfg,
+                job.cfg,
                 metric=self.study.metric,
-                on_epoch=on_epoch,
-                seeds=self._seeds,
-                track=tracking,
-                checkpoint=checkpoint_path(self.opts.out_dir, trial.number),
+                on_epoch=job.on_epoch,
+                seeds=job.seeds,
+                track=job.track,
+                checkpoint=path,
             )
         except optuna.TrialPruned:
             raise
@@ -184,6 +259,10 @@ class Worker:
             raise
         finally:
             write_history(self.opts.out_dir, trial.number, rows)
+        return self._finish(trial, outcome)
+
+    def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> float:
+        """Record a trained trial's metrics and student; its value, or :class:`_TrialFailed`."""
         for key, value in json_metrics(outcome.metrics).items():
             if key not in TRIAL_ATTRS:
                 trial.set_user_attr(key, value)
@@ -198,6 +277,21 @@ class Worker:
         if outcome.model is not None:  # before the trial is COMPLETE: the exporter judges it
             save_student(student_path(self.opts.out_dir, trial.number), outcome.model)
         return outcome.value
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for every thread of a batch (they only record their trials' ends), even through
+    Ctrl-C or SIGTERM: a trial left behind would stay RUNNING. An interruption is raised after."""
+    interrupted = False
+    for thread in threads:
+        while thread.ident is not None:  # started
+            try:
+                thread.join()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 class Quiet:
@@ -238,108 +332,3 @@ class Quiet:
             set_threads(self._threads)
         self._warnings.__exit__(exc_type, exc, tb)
         optuna.logging.set_verbosity(self._verbosity)
-
-
-# --- several processes ------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to send this worker SIGTERM when its parent dies (even by SIGKILL).
-
-    SIGTERM is what a worker already handles: its trial is marked interrupted and re-enqueued,
-    so a killed ``dgkd-search`` leaves no orphan training on and no trial stuck RUNNING. Elsewhere
-    (no prctl) the parent's own recovery on restart covers the same case.
-    """
-    import ctypes
-
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        sys.exit(130)
-
-
-def _worker_main(
-    study: Study, opts: SearchOptions, total: int, index: int, errors: Any
-) -> None:  # pragma: no cover - runs in a spawned process (covered by the subprocess tests)
-    """Entry point of a spawned worker process."""
-    _die_with_parent()
-    try:
-        with Quiet(threads_per_worker(opts.workers)):
-            Worker(study, opts, total=total, index=index, storage=open_storage(opts)).loop()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BaseException as exc:
-        bad = isinstance(exc, ConfigError | SpecError | SearchInputError)
-        errors.put((index, bad, one_line(exc)))
-        sys.exit(1)
-
-
-def run_processes(
-    study: Study, opts: SearchOptions, total: int, ostudy: optuna.Study, reporter: SearchReporter
-) -> None:
-    """Spawn ``opts.workers`` processes sharing the storage; poll it for progress.
-
-    Raises:
-        SearchInputError: a worker hit bad input.
-        RuntimeError: a worker failed.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    errors = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(study, opts, total, i, errors),
-            name=f"dgkd-search-{study.name}-{i}",
-        )
-        for i in range(opts.workers)
-    ]
-    for p in procs:
-        p.start()
-    failure: tuple[int, bool, str] | None = None
-    try:
-        while any(p.is_alive() for p in procs):
-            reporter.update(to_records(ostudy.get_trials(deepcopy=False)))
-            with contextlib.suppress(queue.Empty):
-                failure = failure or errors.get_nowait()
-            if failure is not None:
-                _stop(procs)
-                break
-            time.sleep(POLL_S)
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        _stop(procs)
-        raise
-    while failure is None:
-        try:
-            failure = errors.get_nowait()
-        except queue.Empty:
-            break
-    if failure is not None:
-        index, bad, message = failure
-        raise (SearchInputError if bad else RuntimeError)(f"worker {index}: {message}")
-    codes = [p.exitcode for p in procs if p.exitcode not in (0, None)]
-    if codes:
-        raise RuntimeError(f"a worker exited with code {codes[0]}; rerun to continue the search")
-
-
-def _stop(procs: Sequence[multiprocessing.process.BaseProcess], timeout: float = 30.0) -> None:
-    """Interrupt workers (they fail and re-enqueue their trials), then wait; kill stragglers.
-
-    SIGTERM, which workers turn into KeyboardInterrupt: SIGINT may be ignored by a worker
-    started from a background job.
-    """
-    for p in procs:
-        if p.is_alive() and p.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join()

@@ -27,12 +27,10 @@ from dgkd.runtime import set_threads
 from dgkd.search.base import SearchBackend
 from dgkd.search.common import (
     Log,
-    TrialTracking,
     check_signature,
     print_line,
     signature,
     stop_interrupted,
-    train_trial,
     trial_seeds,
     trial_total,
 )
@@ -61,6 +59,7 @@ from dgkd.search.records import (
     TrialState,
 )
 from dgkd.search.reporter import SearchReporter
+from dgkd.search.trial import TrialTracking, train_trial
 from dgkd.search.trialfiles import save_student, student_path, write_history
 
 if TYPE_CHECKING:

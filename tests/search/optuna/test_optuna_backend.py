@@ -130,24 +130,27 @@ def test_killed_search_resumes_to_exactly_the_total(tmp_path: Path) -> None:
     assert cut["state"] == "FAIL" and cut["fail_reason"].startswith("interrupted (process ")
 
 
-def test_sigterm_interrupts_workers_which_reenqueue_their_trials(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("batch", "total"), [("1", 5), ("2", 8)])
+def test_sigterm_interrupts_workers_which_reenqueue_their_trials(
+    tmp_path: Path, batch: str, total: int
+) -> None:
     study = unpruned_smoke(tmp_path)
-    args = ("--study", study, "--trials", "5", "--workers", "2", "--set", "epochs=12")
-    proc = start(tmp_path, *args)
+    args = ("--study", study, "--trials", str(total), "--workers", "2", "--set", "epochs=12")
+    proc = start(tmp_path, *args, "--batch", batch)
     wait_for(proc, tmp_path, finished=2, running=2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "rerun the same command to continue" in out
     trials = journal_study(tmp_path).trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], err
     cut = [t for t in trials if t.user_attrs.get("interrupted")]
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert cut and len(waiting) == len(cut)
     assert {t.user_attrs["retry_of"] for t in waiting} == {t.number for t in cut}
     resume = [a for a in args if a not in ("--workers", "2")]  # any worker count may resume
     assert search_main(["--out", str(tmp_path), "--quiet", *resume]) == 0
-    check_exact_total(tmp_path, 5)
+    check_exact_total(tmp_path, total)
 
 
 def _dead_pid() -> int:
@@ -233,18 +236,18 @@ def postgres_url():
         yield server.url
 
 
-def test_postgresql_two_workers(tmp_path: Path, postgres_url: str) -> None:
+def test_postgresql_two_workers_running_batches(tmp_path: Path, postgres_url: str) -> None:
     name = f"pg_{uuid.uuid4().hex[:8]}"
     study_file = tmp_path / f"{name}.toml"  # a fresh study name in the shared database
     shutil.copy(load_study("smoke").source, study_file)
-    proc = start(tmp_path, "--study", str(study_file), "--trials", "4", "--workers", "2",
-                 "--storage", postgres_url)  # fmt: skip
+    proc = start(tmp_path, "--study", str(study_file), "--trials", "5", "--workers", "2",
+                 "--batch", "2", "--storage", postgres_url)  # fmt: skip
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    check_exact_total(tmp_path, 4, name)
+    check_exact_total(tmp_path, 5, name)  # batches of 2 stop at an odd total exactly
     url = optuna_storage.driver_url(postgres_url)
     trials = optuna.load_study(study_name=name, storage=url).trials
-    assert len(trials) == 4
+    assert len(trials) == 5
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
@@ -345,7 +348,7 @@ def test_sigkill_of_a_two_worker_search_loses_nothing(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "workers outlived their killed parent"
         time.sleep(0.2)
     trials = journal_study(tmp_path).trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], err
     assert [t for t in trials if t.user_attrs.get("interrupted")]  # stopped mid-trial
     assert search_main(["--out", str(tmp_path), "--quiet", *args]) == 0
     frame = check_exact_total(tmp_path, 5)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dgkd.checkpoint import STATE_GLOB
-from dgkd.search.common import train_trial
+from dgkd.search.trial import train_trial
 from dgkd.study import load_study
 
 EPOCHS = 60  # batches of 16: 0.1-0.2 s an epoch, so the trial is seen mid-way
