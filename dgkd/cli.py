@@ -329,12 +329,8 @@ def _search_parser() -> argparse.ArgumentParser:
         help="fresh seeds per config in the confirm stage (default: the study's [confirm])")
     # fmt: on
     p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start over: move <out>/<study> (and the study in --storage) aside as "
-        "<name>.old-<timestamp>",
-    )
+    p.add_argument("--fresh", action="store_true", help="start over: move <out>/<study> (and "
+                   "the study in --storage) aside as <name>.old-<timestamp>")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     _add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
     p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, metrics by "

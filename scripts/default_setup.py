@@ -3,6 +3,11 @@
 Usage: ``python scripts/default_setup.py [--spec scripts/default_setup.toml] [--out DIR]``.
 Every (setup, method settings, seed) run is one row of ``<out>/runs.csv``; rows already there
 are kept, so a killed run resumes. ``<out>/summary.md`` ranks the setups.
+
+Once the defaults are set, ``python scripts/default_setup.py --check runs/ablate/default`` reads
+that ablation (``dgkd-ablate --variants all --seeds 10``) and checks the bar on the test split:
+``kd`` and ``no_grad_term`` each above ``ce`` with a paired 95% CI excluding 0, and the seed std
+of ``full`` at most 1.5 points.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from dgkd.ablate.variants import VARIANTS
 from dgkd.config import TrainConfig, coerce
 from dgkd.io import atomic_write_text
 from dgkd.stats import compare_paired
@@ -54,11 +60,58 @@ def _write(path: Path, done: dict[tuple[str, str, str, int], float]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+MAX_FULL_STD = 1.5  # points of test accuracy
+
+
+def check(ablation: Path) -> int:
+    """The bar on the test split, from an ablation's ``runs.csv``: 0 when it is met."""
+    import pandas as pd
+
+    runs = pd.read_csv(ablation / "runs.csv")
+    acc = runs.pivot(index="seed", columns="variant", values="test_acc") * 100
+    lines = [
+        f"test accuracy (%), {len(acc)} paired seeds, from {ablation / 'runs.csv'}",
+        "",
+        "| variant | mean ± std | minus ce, paired (95% CI) | paired p |",
+        "|---|---|---|---|",
+    ]
+    ok = True
+    order = ["ce", *(v for v in VARIANTS if v != "ce")]  # the ablation's order, ce first
+    for variant in [v for v in order if v in acc.columns]:
+        values = acc[variant].tolist()
+        cells = f"{acc[variant].mean():.2f} ± {acc[variant].std(ddof=1):.2f}"
+        if variant == "ce":
+            lines.append(f"| `ce` | {cells} | | |")
+            continue
+        cmp = compare_paired(values, acc["ce"].tolist())
+        lines.append(
+            f"| `{variant}` | {cells} | {cmp.delta:+.2f} ({cmp.delta_ci_low:+.2f}, "
+            f"{cmp.delta_ci_high:+.2f}) | {cmp.p:.2g} |"
+        )
+        if variant in ("kd", "no_grad_term"):
+            ok = ok and cmp.delta_ci_low > 0
+    std = float(acc["full"].std(ddof=1))
+    ok = ok and std <= MAX_FULL_STD
+    lines += [
+        "",
+        f"full's seed std {std:.2f} (bar {MAX_FULL_STD}); kd and no_grad_term above ce with CIs "
+        f"excluding 0: {'met' if ok else 'NOT met'}",
+    ]
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", default=str(HERE / "default_setup.toml"))
     p.add_argument("--out", default="runs/default_setup")
+    p.add_argument("--check", metavar="ABLATION_DIR", help="check the bar on an ablation's runs")
     args = p.parse_args(argv)
+    if args.check:
+        path = Path(args.check)
+        if not (path / "runs.csv").is_file():
+            p.error(f"{path / 'runs.csv'} not found; run dgkd-ablate --variants all --seeds 10")
+        return check(path)
     from dgkd.train import train_population
 
     spec = tomllib.loads(Path(args.spec).read_text())

@@ -101,9 +101,9 @@ def test_configs_that_cannot_share_are_split_into_populations(tiny: TrainConfig)
         tiny.replace(seed=0),
         tiny.replace(seed=1, student_width=12),  # another architecture
         tiny.replace(seed=2),
-        tiny.replace(seed=3, lr=0.02),  # teacher_lr=0: the teacher trains at this lr
-        tiny.replace(seed=4, lr=0.02, teacher_lr=0.01),
-        tiny.replace(seed=5, teacher_lr=0.01),
+        tiny.replace(seed=3, lr=0.03),  # teacher_lr=0: the teacher trains at this lr
+        tiny.replace(seed=4, lr=0.03, teacher_lr=0.02),
+        tiny.replace(seed=5, teacher_lr=0.02),
     ]
     assert population_groups(cfgs) == [[0, 2], [1], [3], [4, 5]]
     results = train_population(cfgs)

@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from dgkd.config import TrainConfig
 from dgkd.space import Param, SpecError, available, load_space, space_from_table
 
 
@@ -25,11 +26,14 @@ def test_packaged_spaces_load() -> None:
         assert space.searched(), name
 
 
-def test_eps_space_searches_epsilon_from_zero_with_dkd_defaults_fixed() -> None:
+def test_eps_space_searches_epsilon_from_zero_with_the_default_setups_loss_fixed() -> None:
     space = load_space("eps")
     (eps,) = space.searched()
     assert eps.name == "epsilon" and eps.low == 0.0 and eps.high >= 6.0
-    assert space.fixed_values() == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}
+    defaults = TrainConfig()
+    assert space.fixed_values() == {
+        "alpha": defaults.alpha, "beta": defaults.beta, "temperature": defaults.temperature
+    }  # fmt: skip
 
 
 def test_dgkd_and_dkd_spaces() -> None:

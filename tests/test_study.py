@@ -44,7 +44,7 @@ def test_eps_sweep_is_the_dkd_baseline_plus_epsilon() -> None:
     assert study.enqueue == ({"epsilon": 0.0},)
     assert (study.sampler, study.pruner, study.trials) == ("tpe", "median", 200)
     cfg = study.config({"epsilon": 3.0})
-    assert (cfg.alpha, cfg.beta, cfg.temperature, cfg.epsilon) == (1.0, 8.0, 4.0, 3.0)
+    assert (cfg.alpha, cfg.beta, cfg.temperature, cfg.epsilon) == (1.0, 1.0, 4.0, 3.0)
     assert cfg.method == "dgkd"
 
 
@@ -84,7 +84,7 @@ def test_cifar100_recipe_is_dkds() -> None:
 def test_config_order_base_overrides_fixed_params() -> None:
     study = load_study("eps_sweep")
     cfg = study.config({"epsilon": 2.5}, {"epochs": 3, "seed": 7})
-    assert (cfg.epochs, cfg.seed, cfg.epsilon, cfg.beta) == (3, 7, 2.5, 8.0)
+    assert (cfg.epochs, cfg.seed, cfg.epsilon, cfg.beta) == (3, 7, 2.5, 1.0)
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
         study.config({"epsilon": 1.0}, {"epochs": 0})
 

@@ -113,15 +113,15 @@ def test_cache_key_tracks_only_what_shapes_the_teacher(tiny: TrainConfig) -> Non
         {"teacher_width": 32},
         {"teacher": "mlp"},
         {"teacher_seed": 1},
-        {"teacher_lr": 0.02},
-        {"val_fraction": 0.2},
+        {"teacher_lr": 0.03},
+        {"val_fraction": 0.1},
         {"split_seed": 1},
         {"dataset": "cifar10", "teacher": "resnet8", "student": "resnet8"},
     ):
         assert teacher_key(tiny.replace(**changes)) != key, changes
     for changes in (
         {"alpha": 2.0},
-        {"beta": 1.0},
+        {"beta": 2.0},
         {"epsilon": 0.0},
         {"temperature": 2.0},
         {"method": "kd"},
@@ -132,7 +132,7 @@ def test_cache_key_tracks_only_what_shapes_the_teacher(tiny: TrainConfig) -> Non
         {"warmup": 0},
         {"device": "cpu"},
         {"data_root": "/elsewhere"},
-        {"teacher_lr": 0.01},  # explicit teacher lr equal to the student's: same recipe
+        {"teacher_lr": TrainConfig().lr},  # explicit teacher lr equal to the student's: same recipe
     ):
         assert teacher_key(tiny.replace(**changes)) == key, changes
 
@@ -215,7 +215,7 @@ def test_same_checkpoint_on_another_split(tiny: TrainConfig, tmp_path: Path) -> 
     path = tmp_path / "teacher.pt"
     torch.save(load_teacher(tiny, _splits(tiny), device=CPU).model.state_dict(), path)
     cfg = tiny.replace(teacher_checkpoint=str(path))
-    assert len(load_teacher(cfg, _splits(cfg), device=CPU).train_logits) == 3600
+    assert len(load_teacher(cfg, _splits(cfg), device=CPU).train_logits) == 3200
     other = cfg.replace(val_fraction=0.0)
     assert len(load_teacher(other, _splits(other), device=CPU).train_logits) == 4000
 

@@ -66,7 +66,7 @@ def test_ablate_command_writes_tables_and_resumes(capsys, tmp_path):
 
     line = _bad(capsys, tmp_path / "elsewhere", "--seeds", "0")
     assert "--seeds must be >= 1" in line
-    code, _, err = _run(capsys, *argv, "--set", "lr=0.02")  # a changed base
+    code, _, err = _run(capsys, *argv, "--set", "lr=0.03")  # a changed base
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "different base config" in err and "--fresh" in err and "--name" in err
 
@@ -121,13 +121,13 @@ def test_from_study_takes_the_best_finished_trial(capsys, tmp_path):
                                                   value=value))  # fmt: skip
 
     argv = ["--from-study", "smoke", "--variants", "no_grad_term", "--seeds", "1"]
-    code, _, err = _run(capsys, *argv, "--set", "lr=0.02", "--out", str(tmp_path))
+    code, _, err = _run(capsys, *argv, "--set", "lr=0.03", "--out", str(tmp_path))
     assert code == 0, err
     d = tmp_path / "ablate" / "smoke-best"
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["base"]["source"] == "from-study" and cfg["base"]["params"] == {"epsilon": 2.5}
     base = cfg["base"]["config"]
-    assert (base["epsilon"], base["lr"], base["epochs"]) == (2.5, 0.02, 2)  # --set wins
+    assert (base["epsilon"], base["lr"], base["epochs"]) == (2.5, 0.03, 2)  # --set wins
     with (d / "runs.csv").open() as f:
         assert {r["variant"] for r in csv.DictReader(f)} == {"full", "no_grad_term"}
     assert "study smoke, best trial" in err

@@ -111,11 +111,11 @@ def test_interrupted_ablation_resumes_without_rerunning_finished_cells(tmp_path,
 
 def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
     run_ablation(resolve_base(overrides=TINY), opts(tmp_path, variants=("kd",), seeds=1))
-    other = resolve_base(overrides={**TINY, "lr": 0.02})
+    other = resolve_base(overrides={**TINY, "lr": 0.03})
     with pytest.raises(BaseConfigChangedError, match=r"different base config.*--fresh.*--name"):
         run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
-    named = run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1, name="lr02"))
-    assert named.directory.name == "lr02" and named.ran == 2
+    named = run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1, name="lr03"))
+    assert named.directory.name == "lr03" and named.ran == 2
     fresh = run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1, fresh=True))
     assert fresh.ran == 2 and fresh.moved_to is not None
     assert (fresh.moved_to / "cells" / "kd-seed0.json").exists()  # old results kept aside

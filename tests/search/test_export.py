@@ -149,7 +149,8 @@ def test_write_search_outputs_one_parameter_study(tmp_path: Path) -> None:
             assert (tmp_path / name).read_bytes().startswith(PNG)
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["number"] == 0 and best["params"] == {"epsilon": 0.0} and best["value"] == 0.7
-    assert best["config"]["seed"] == 3 and best["config"]["beta"] == 8.0
+    beta = load_study("eps_sweep").space.fixed_values()["beta"]
+    assert best["config"]["seed"] == 3 and best["config"]["beta"] == beta
     assert best["trials"] == {"complete": 2, "pruned": 1, "fail": 1, "running": 1, "waiting": 0}
     assert "--set epsilon=0.0" in best["command"] and "--set seed=3" in best["command"]
     assert pd.read_csv(tmp_path / "trials.csv")["state"].tolist()[-1] == "RUNNING"

@@ -348,7 +348,7 @@ def test_sigkill_of_a_two_worker_search_loses_nothing(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "workers outlived their killed parent"
         time.sleep(0.2)
     trials = journal_study(tmp_path).trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING], err
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert [t for t in trials if t.user_attrs.get("interrupted")]  # stopped mid-trial
     assert search_main(["--out", str(tmp_path), "--quiet", *args]) == 0
     frame = check_exact_total(tmp_path, 5)

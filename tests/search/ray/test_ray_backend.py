@@ -304,7 +304,7 @@ def test_trials_bigger_than_any_node_are_refused(cluster: str, tmp_path: Path) -
 
 def test_resume_with_another_config_is_refused(smoke, cluster: str) -> None:
     study, out, _ = smoke
-    opts = _opts(out, study, SMOKE_TRIALS, cluster, overrides={"lr": 0.02})
+    opts = _opts(out, study, SMOKE_TRIALS, cluster, overrides={"lr": 0.03})
     with pytest.raises(SearchInputError, match=r"another config \(lr .*--fresh"):
         RayBackend().run(study, opts)
 
