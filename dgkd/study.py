@@ -12,7 +12,6 @@ A study is a TOML file, e.g. ``studies/eps_sweep.toml``::
     seed = 0
     enqueue = [{ epsilon = 0.0 }]   # run first (here: the DKD baseline)
     seeds = 4                  # every trial trains seeds 0..3 (paired across trials)
-    batch = 4                  # the sampler proposes 4 trials at a time, trained as one population
 
     [confirm]                  # retrain the top configs and the baseline on fresh seeds
     top = 3

@@ -31,7 +31,7 @@ class Batch:
         self._jobs: list[TrialJob] = []
         self._dirs: list[Path] = []
         self.trials: list[Any] = []  # the jobs' ``optuna.Trial``, in order
-        self.reenqueued = False  # the interrupted trials were re-enqueued, in order
+        self.reenqueued: set[int] = set()  # numbers of the trials the main thread re-enqueued
         self._results: list[TrialOutcome | BaseException] = []
         self._error: BaseException | None = None  # what stopped the whole batch
         self._done = threading.Event()

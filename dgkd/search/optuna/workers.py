@@ -154,7 +154,7 @@ class Worker:
             if isinstance(exc, KeyboardInterrupt) and not batch.trained:
                 for trial in batch.trials:  # in batch order: their re-run is one batch again,
                     self._interrupted(trial)  # and resumes this one's checkpoint
-                batch.reenqueued = True
+                    batch.reenqueued.add(trial.number)
             batch.stop(exc)
             raise
         finally:
@@ -199,7 +199,7 @@ class Worker:
                     write_history(self.opts.out_dir, trial.number, rows)
                 return self._finish(trial, outcome)
         except KeyboardInterrupt:
-            if not (batch.reenqueued and trial in batch.trials):
+            if trial.number not in batch.reenqueued:
                 self._interrupted(trial)
             raise
 
