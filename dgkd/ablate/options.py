@@ -15,8 +15,10 @@ from dgkd.ablate.variants import VARIANTS
 __all__ = ["BACKENDS", "OUT_DIR", "POPULATION", "SEEDS", "AblationOptions"]
 
 SEEDS = 10  # seeds per variant: enough for a paired CI and a Holm-corrected p worth reading
-# Most cells trained as one population: on a CPU core a default cell costs about the same from 8
-# to 40 members (about half of a cell alone), and a kill loses at most the populations in flight.
+# Most cells trained as one population, and a kill loses at most the populations in flight. On
+# one idle core a default (width-24) cell costs least in a population of 4 to 8 (0.69 of a cell
+# alone; python -m benchmarks.population), but with two workers on two cores 16 was as fast
+# (`--variants all --seeds 10`: 72 s at 16, 76 s at 8).
 POPULATION = 16
 BACKENDS = ("local", "ray")  # local: this process or a process pool; ray: Ray tasks
 OUT_DIR = "runs"  # results root; an ablation writes to <OUT_DIR>/ablate/<name>/

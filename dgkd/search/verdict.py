@@ -60,20 +60,24 @@ class Verdict:
 
     @property
     def headline(self) -> str:
-        """One line: the winner against the baseline on the objective, and the verdict."""
-        c = next(
-            (c for c in self.comparisons if c.config == self.winner and c.metric == self.metric),
-            None,
-        )
+        """One line: the winner against the baseline on the objective, and the verdict; when
+        the baseline itself won the search, the runner-up against it."""
+        on_metric = [c for c in self.comparisons if c.metric == self.metric]
+        c = next((c for c in on_metric if c.config == self.winner), None)
         bias = self.winner_search_value - self.winner_confirmed_value
         shown = (
             f"search {self.winner_search_value:.4f} -> confirmed "
             f"{self.winner_confirmed_value:.4f} ({bias:+.4f} selection bias)"
         )
+        lead = f"{self.winner} vs {self.baseline}"
+        if c is None and self.winner == self.baseline and on_metric:
+            c = on_metric[0]  # comparisons follow the search's ranking: the runner-up
+            lead = f"{self.baseline} won the search; runner-up {c.config} vs {self.baseline}"
+            shown = f"{self.baseline}'s {shown}"
         if c is None:
             return f"{self.winner}: {shown}; no baseline to compare with"
         return (
-            f"{self.winner} vs {self.baseline} on {self.metric} over {c.n_pairs} fresh seeds: "
+            f"{lead} on {self.metric} over {c.n_pairs} fresh seeds: "
             f"{c.delta:+.4f} (95% CI {c.ci_low:+.4f}..{c.ci_high:+.4f}, Holm p {c.p_holm:.3g}): "
             f"{c.verdict}; {shown}"
         )

@@ -149,6 +149,20 @@ def test_judge_matches_a_paired_t_test_and_holm_worked_by_hand() -> None:
     assert nc1.verdict == "not checked" and nc1.n_pairs == 0
 
 
+def test_when_the_baseline_wins_the_headline_compares_the_runner_up_with_it() -> None:
+    values = {
+        "baseline": {"val_acc": [0.5, 0.6, 0.7]},
+        "a": {"val_acc": [0.4, 0.6, 0.6]},  # the runner-up: differences -0.1, 0, -0.1
+        "b": {"val_acc": [0.5, 0.6, 0.7]},
+    }
+    v = judge(
+        values, baseline="baseline", winner="baseline", winner_search_value=0.7,
+        metric="val_acc", seeds=[1, 2, 3],
+    )  # fmt: skip
+    assert v.headline.startswith("baseline won the search; runner-up a vs baseline on val_acc")
+    assert "-0.0667" in v.headline and "baseline's search 0.7000 -> confirmed 0.6000" in v.headline
+
+
 def test_without_a_baseline_the_verdict_only_reports_the_winner(tmp_path: Path) -> None:
     study = load_study("smoke").replace(enqueue=())
     plan = plan_confirm(study, records(), top=1, seeds=2, search_seeds=[0])
