@@ -11,6 +11,9 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; inherited by subprocesses
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
@@ -36,3 +39,23 @@ def dgkd_cache(tmp_path_factory: pytest.TempPathFactory):
 def tiny() -> TrainConfig:
     """Default MNIST-1D setup trained for 2 epochs (teacher too): well under a second a run."""
     return TrainConfig(epochs=2, teacher_epochs=2)
+
+
+@pytest.fixture
+def count_trained_epochs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[int]]:
+    """Call it to start recording every epoch a run trains from then on (checkpoint or not):
+    a resumed run trains only the epochs its checkpoint lacks."""
+    from dgkd import checkpoint as ckpt
+
+    def start() -> list[int]:
+        trained: list[int] = []
+        epoch_end = ckpt.Keeper.epoch_end
+
+        def count(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
+            trained.append(epoch)
+            epoch_end(self, epoch, *args)
+
+        monkeypatch.setattr(ckpt.Keeper, "epoch_end", count)
+        return trained
+
+    return start

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import torch
+from fakes import image_splits
 
 from dgkd import checkpoint as ckpt
 from dgkd.checkpoint import STATE_GLOB, Checkpoint, StoppedError
 from dgkd.cli import train_main
 from dgkd.config import TrainConfig
-from dgkd.data import Splits
 from dgkd.loop import DivergedError, fit_population
 from dgkd.models import build_model
 from dgkd.train import TrainResult, population_groups, train, train_population
@@ -132,24 +132,9 @@ def test_a_population_resumes_with_its_stopped_members(
         assert str(pruned.error) == "ValueError: pruned at epoch 2"
 
 
-def _image_splits() -> Splits:
-    g = torch.Generator().manual_seed(0)
-
-    def images(n: int) -> torch.Tensor:
-        return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-
-    def labels(n: int) -> torch.Tensor:
-        return torch.randint(0, 10, (n,), generator=g)
-
-    return Splits(name="cifar10", num_classes=10, input_shape=(3, 32, 32),
-                  train_x=images(20), train_y=labels(20), val_x=images(8), val_y=labels(8),
-                  test_x=images(8), test_y=labels(8), mean=(0.5, 0.5, 0.5),
-                  std=(0.25, 0.25, 0.25), augment=True)  # fmt: skip
-
-
 def test_an_image_population_resumes_bitwise(tmp_path: Path) -> None:
     """Augmentation generators, BatchNorm running statistics, SGD momentum buffers."""
-    splits = _image_splits()
+    splits = image_splits(train=20)
     base = TrainConfig(dataset="cifar10", teacher="resnet8", student="resnet8", epochs=3,
                        batch_size=8, optimizer="sgd", lr=0.05, warmup=1, device="cpu",
                        checkpoint_every=1)  # fmt: skip

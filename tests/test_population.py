@@ -14,9 +14,9 @@ import sys
 
 import pytest
 import torch
+from fakes import image_splits
 
 from dgkd.config import TrainConfig
-from dgkd.data import Splits
 from dgkd.loop import DivergedError, check_population, fit, fit_population
 from dgkd.models import Population, build_model
 from dgkd.optim import PopulationOptimizer, build_optimizer
@@ -163,21 +163,6 @@ def test_mlp_members_are_their_own_runs(tiny: TrainConfig) -> None:
         assert _same(result.metrics, train(cfg).metrics)
 
 
-def _image_splits() -> Splits:
-    g = torch.Generator().manual_seed(0)
-
-    def images(n: int) -> torch.Tensor:
-        return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-
-    def labels(n: int) -> torch.Tensor:
-        return torch.randint(0, 10, (n,), generator=g)
-
-    return Splits(name="cifar10", num_classes=10, input_shape=(3, 32, 32),
-                  train_x=images(24), train_y=labels(24), val_x=images(8), val_y=labels(8),
-                  test_x=images(8), test_y=labels(8), mean=(0.5, 0.5, 0.5),
-                  std=(0.25, 0.25, 0.25), augment=True)  # fmt: skip
-
-
 @pytest.fixture
 def native_convolutions(monkeypatch):
     """Convolutions without oneDNN: its single and grouped kernels sum in different orders
@@ -190,7 +175,7 @@ def native_convolutions(monkeypatch):
 def test_image_populations_train_each_member_as_alone(student, native_convolutions) -> None:
     """Augmented images, a teacher forward per member's batch, BatchNorm per member (batches
     of 8 and a last one of 6): each member's run is bitwise its own."""
-    splits = _image_splits()
+    splits = image_splits(train=24)
     base = TrainConfig(dataset="cifar10", teacher="resnet8", student=student, epochs=2,
                        batch_size=9, optimizer="sgd", lr=0.05, warmup=1, device="cpu")  # fmt: skip
     cfgs = [base.replace(seed=1), base.replace(seed=2, method="kd"), base.replace(seed=3)]

@@ -4,6 +4,7 @@ re-enqueues every trial of it, and their re-run resumes the batch's checkpoint."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def test_a_batched_search_matches_one_trial_at_a_time(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_batch_is_reenqueued_and_resumed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count_trained_epochs: Callable[[], list[int]]
 ) -> None:
     sets = ["--set", "epochs=5", "--set", "checkpoint_every=2"]
     assert _search(tmp_path / "plain", "--trials", "3", "--batch", "3", *sets) == 0
@@ -69,14 +70,7 @@ def test_an_interrupted_batch_is_reenqueued_and_resumed(
     assert list(checkpoint_path(out / "smoke", 0).glob(ckpt.STATE_GLOB))  # the batch's state
     monkeypatch.setattr(optuna.trial.Trial, "report", report)
 
-    trained: list[int] = []
-    epoch_end = ckpt.Keeper.epoch_end
-
-    def count(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
-        trained.append(epoch)
-        epoch_end(self, epoch, *args)
-
-    monkeypatch.setattr(ckpt.Keeper, "epoch_end", count)
+    trained = count_trained_epochs()
     assert _search(out, "--trials", "3", "--batch", "3", *sets) == 0
     assert trained == [4, 5]  # epochs 1-3 came from the checkpoint of the cut batch
     reruns = _journal(out).trials[3:]

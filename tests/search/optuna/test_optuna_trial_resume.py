@@ -5,6 +5,7 @@ otherwise."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def _timeless(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_an_interrupted_trial_is_resumed_by_its_rerun(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count_trained_epochs: Callable[[], list[int]]
 ) -> None:
     assert _search(tmp_path / "plain") == 0
     (plain,) = _journal(tmp_path / "plain").trials
@@ -60,14 +61,7 @@ def test_an_interrupted_trial_is_resumed_by_its_rerun(
     assert list(checkpoint_path(out / "smoke", 0).glob(ckpt.STATE_GLOB))
     monkeypatch.setattr(optuna.trial.Trial, "report", report)
 
-    trained: list[int] = []
-    epoch_end = ckpt.Keeper.epoch_end
-
-    def count(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
-        trained.append(epoch)
-        epoch_end(self, epoch, *args)
-
-    monkeypatch.setattr(ckpt.Keeper, "epoch_end", count)
+    trained = count_trained_epochs()
     assert _search(out) == 0
     assert trained == [4, 5]  # epochs 1-3 came from trial 0's checkpoint
     cut, rerun = _journal(out).trials

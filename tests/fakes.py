@@ -1,0 +1,24 @@
+"""Small fake data the tests share."""
+
+from __future__ import annotations
+
+import torch
+
+from dgkd.data import Splits
+
+
+def image_splits(train: int) -> Splits:
+    """A tiny CIFAR-shaped dataset of random uint8 images (8 validation, 8 test), augmented as
+    the image datasets are; the same for every call with the same size."""
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.randint(0, 10, (n,), generator=g)
+
+    return Splits(name="cifar10", num_classes=10, input_shape=(3, 32, 32),
+                  train_x=images(train), train_y=labels(train), val_x=images(8),
+                  val_y=labels(8), test_x=images(8), test_y=labels(8), mean=(0.5, 0.5, 0.5),
+                  std=(0.25, 0.25, 0.25), augment=True)  # fmt: skip
