@@ -16,12 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D and its verdict (about 6 min, 2 cores)
-	$(BIN)/dgkd-search --study eps_sweep --trials 200 --workers 2
+	$(BIN)/dgkd-search --study eps_sweep --trials 200
 
 train: $(STAMP)  ## one default DGKD run
 	$(BIN)/dgkd-train
 
-ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 10 paired seeds
+ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 3 teachers x 10 paired seeds
 	$(BIN)/dgkd-ablate --variants no_grad_term,minimize_mse
 
 test: lint  ## lint, types and the whole test suite

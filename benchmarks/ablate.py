@@ -1,9 +1,10 @@
-"""An ablation: ``dgkd-ablate --variants all --seeds 10`` against its cells run one by one.
+"""An ablation: ``dgkd-ablate --variants all --seeds 10 --teachers 1`` against its cells run one
+by one.
 
 The comparison runs ``python -m benchmarks.ablate`` twice, each a fresh process on one core: once
-as ``dgkd-ablate --variants all --seeds 10 --quiet`` on the default setup (its cells trained in
-populations, its tables and plot written), once training the same cells one by one with
-``dgkd.train.train``, as the ablation did before populations. Both find the teacher already
+as ``dgkd-ablate --variants all --seeds 10 --teachers 1 --quiet`` on the default setup (its
+cells trained in populations, its tables and plot written), once training the same cells one by
+one with ``dgkd.train.train``, as the ablation did before populations. Both find the teacher already
 cached; each wall time includes a process's start-up. The ratio is their wall times, measured
 back to back, and the cells' test accuracies are compared too: they must be identical.
 """
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sets = [flag for kv in args.overrides for flag in ("--set", kv)]
         flags = ["--variants", "all", "--seeds", str(args.seeds), "--quiet", *sets]
+        flags += ["--workers", "1"]  # one process on one core, as the cells one by one
+        flags += ["--teachers", "1"]  # one teacher: the cells below are the base's
         return ablate_main([*flags, "--out", args.out])
     _cells(Path(args.out), args.seeds, args.overrides)
     return 0
@@ -99,7 +102,10 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
         cells = json.loads((tmp / "cells" / "cells.json").read_text())
         done = tmp / "ablate" / "ablate" / "default"
         with (done / "runs.csv").open() as f:
-            runs = {f"{r['variant']}-seed{r['seed']}": r for r in csv.DictReader(f)}
+            runs = {
+                f"{r['variant']}-teacher{r['teacher_seed']}-seed{r['seed']}": r
+                for r in csv.DictReader(f)
+            }
         files = (done / "cells").glob("*.json")
         sizes = sorted({json.loads(p.read_text())["population_size"] for p in files})
     n = len(cells)

@@ -6,10 +6,12 @@ operations dispatched from Python explains the times of the loss and of the step
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -109,15 +111,88 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
         comp.table += _step_sections(
             method, x, logits_t, y, calls=calls, repeats=repeats, inner=inner
         )
+    comp.table += _evaluation_rows(quick=quick, calls=calls, repeats=repeats)
     comp.notes.append(
         "aten ops per call: operations dispatched from Python or the autograd engine (not those "
         "inside another operation), counted with torch.profiler. Times are without the "
         "profiler: medians of repeats for the loss, means over the timed steps for the step's "
         "sections. Steps: the default student (cnn1d w8, batch 128, Adam, cached teacher logits)."
     )
+    comp.notes.append(
+        "End-of-epoch evaluation: wall time of dgkd.epoch_metrics per epoch (eval-mode forward "
+        "passes over the validation and training splits, and the training features' NC1) and its "
+        "share of a whole default train() run, data and teacher cached (median over seeds 0-2); "
+        "nc1 on the trained student's training features."
+    )
     if not quick:
         comp.notes.append(_compiled_loss(stats, zs, y, repeats=repeats, inner=inner))
     return comp
+
+
+@contextlib.contextmanager
+def _timing(module: ModuleType, name: str, clock: list[float]) -> Iterator[None]:
+    """``module.name`` timed for the block: each call's seconds are appended to ``clock``."""
+    real = getattr(module, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            clock.append(time.perf_counter() - start)
+
+    setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+def _evaluation_rows(*, quick: bool, calls: int, repeats: int) -> list[list[str]]:
+    """What the end-of-epoch evaluation (:mod:`dgkd.epoch_metrics`: forward passes over the
+    validation and training splits, NC1 of the training features) costs in a default run, and
+    NC1 alone on the trained student's training features."""
+    import dgkd.loop
+    from dgkd.metrics import nc1
+    from dgkd.train import train
+
+    cfg = TrainConfig(epochs=3, teacher_epochs=2) if quick else TrainConfig()
+    train(cfg)  # warm the data and teacher caches, as a search process is after its first trial
+    shares, per_epoch = [], []
+    for seed in range(1 if quick else 3):
+        clock: list[float] = []
+        with _timing(dgkd.loop, "epoch_metrics", clock):
+            start = time.perf_counter()
+            result = train(cfg.replace(seed=seed))
+            total = time.perf_counter() - start
+        shares.append(sum(clock) / total)
+        per_epoch.append(statistics.median(clock))
+    assert result.model is not None
+    splits = splits_for(cfg)
+    device = torch.device("cpu")
+    batch = cfg.eval_batch_size
+    _, feats = dgkd.loop.predict(
+        result.model, splits, splits.train_x, device=device, batch_size=batch
+    )
+    labels, classes = splits.train_y, splits.num_classes
+
+    def call() -> float:
+        return nc1(feats, labels, classes)
+
+    took = statistics.median(timeit(call, repeats=repeats, inner=20))
+    return [
+        [
+            f"default run ({cfg.epochs} epochs): end-of-epoch evaluation (epoch_metrics)",
+            "-",
+            f"{statistics.median(per_epoch) * 1e3:.1f} ms per epoch, "
+            f"{statistics.median(shares) * 100:.0f}% of the run",
+        ],
+        [
+            f"nc1 of the training features {tuple(feats.shape)}, {classes} classes",
+            f"{_count_ops(call, calls):.0f}",
+            f"{took * 1e6:.0f} us",
+        ],
+    ]
 
 
 def _compiled_loss(stats: TeacherStats, zs: Tensor, y: Tensor, *, repeats: int, inner: int) -> str:

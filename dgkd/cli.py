@@ -10,65 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from dgkd import __version__
-from dgkd.config import METHODS, ConfigError, TrainConfig, parse_overrides
-from dgkd.errors import one_line
+from dgkd.cliparts import (
+    EXIT_OK,
+    OneLineParser,
+    UsageError,
+    add_set,
+    add_version,
+    run_guarded,
+)
+from dgkd.config import METHODS, TrainConfig, parse_overrides
+from dgkd.runtime import available_cores, parse_workers
 
 __all__ = ["ablate_main", "search_main", "train_main"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input detected by a command; exit code 2."""
-
-
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from dgkd.ablate import AblateError
-    from dgkd.images import DatasetMissingError
-    from dgkd.search import SearchInputError
-    from dgkd.space import SpecError
-    from dgkd.teacher import TeacherError
-
-    return (
-        UsageError,
-        ConfigError,
-        DatasetMissingError,
-        TeacherError,
-        AblateError,
-        SpecError,
-        SearchInputError,
-    )
-
-
-def run_guarded(prog: str, debug: bool, body: Callable[[], int]) -> int:
-    """Run ``body`` and turn exceptions into one-line errors and exit codes."""
-    try:
-        return body()
-    except KeyboardInterrupt as exc:  # its message, if any, says how to resume
-        print(f"{prog}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if debug:
-            raise
-        code = EXIT_USAGE if isinstance(exc, _bad_input_types()) else EXIT_FAILURE
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return code
-
-
-def _add_version(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-
-
-def _add_set(p: argparse.ArgumentParser, text: str) -> None:
-    """The ``--set KEY=VALUE`` option every command shares (parsed by ``parse_overrides``)."""
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text
-    )
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -88,7 +44,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature", type=float, help=f"distillation temperature (default {d.temperature:g})"
     )
-    _add_set(p, "override any config field, repeatable (e.g. --set student=mlp --set epochs=20)")
+    add_set(p, "override any config field, repeatable (e.g. --set student=mlp --set epochs=20)")
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -99,7 +55,7 @@ def _train_parser() -> argparse.ArgumentParser:
                    "and student.pt there; rerun an interrupted run to resume it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    _add_version(p)
+    add_version(p)
     return p
 
 
@@ -152,11 +108,16 @@ def _print_metrics(cfg, metrics: dict[str, float]) -> None:
 
 
 def _ablate_parser() -> argparse.ArgumentParser:
-    from dgkd.ablate.options import BACKENDS, OUT_DIR, SEEDS  # torch-free: --help stays fast
+    from dgkd.ablate.options import (  # torch-free: --help stays fast
+        BACKENDS,
+        OUT_DIR,
+        SEEDS,
+        TEACHERS,
+    )
     from dgkd.ablate.variants import REFERENCE, VARIANTS
 
     names = ", ".join(f"{v} (always included)" if v == REFERENCE else v for v in VARIANTS)
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="dgkd-ablate",
         description="Run DGKD ablation variants on paired seeds and export tables with "
         "bootstrap CIs and Holm-corrected paired tests.",
@@ -185,14 +146,20 @@ def _ablate_parser() -> argparse.ArgumentParser:
         type=int,
         default=SEEDS,
         metavar="N",
-        help=f"seeds 0..N-1 per variant (default {SEEDS})",
+        help=f"seeds 0..N-1 per variant and teacher (default {SEEDS})",
     )
     p.add_argument(
-        "--workers",
+        "--teachers",
         type=int,
+        default=TEACHERS,
         metavar="N",
-        help="parallel processes (local, default 1) or populations in flight (ray, default: all)",
+        help="teacher seeds per variant, teacher_seed..teacher_seed+N-1 (teacher_seed is 0 "
+        f"unless --set); every seed runs under each; CIs resample teachers, then seeds "
+        f"(default {TEACHERS}; 1 = one teacher, one-level statistics)",
     )
+    p.add_argument("--workers", type=parse_workers, metavar="N|auto", help="parallel processes "
+                   f"(local; default auto: the usable cores, {available_cores()} here) or "
+                   "populations in flight (ray; default auto: all)")  # fmt: skip
     p.add_argument(
         "--backend", choices=BACKENDS, default=BACKENDS[0], help=f"default: {BACKENDS[0]}"
     )
@@ -202,7 +169,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
         help="Ray cluster to join (--backend ray; default: RAY_ADDRESS or a new local cluster; "
         "'auto' joins the one 'ray start' started on this machine)",
     )
-    _add_set(p, "override a field of the base config, repeatable (e.g. --set epochs=20)")
+    add_set(p, "override a field of the base config, repeatable (e.g. --set epochs=20)")
     p.add_argument(
         "--out", default=OUT_DIR, metavar="DIR", help=f"results root (default: {OUT_DIR})"
     )
@@ -216,17 +183,19 @@ def _ablate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    _add_version(p)
+    add_version(p)
     return p
 
 
 def ablate_main(argv: Sequence[str] | None = None) -> int:
     """``dgkd-ablate``: paired ablation of DGKD's variants, summarized into tables."""
-    args = _ablate_parser().parse_args(argv)
+    try:
+        args = _ablate_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return int(exc.code or 0)
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-
         from dgkd.ablate import (
             AblationOptions,
             describe_base,
@@ -242,6 +211,7 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
         opts = AblationOptions(
             variants=parse_variants(args.variants),
             seeds=args.seeds,
+            teachers=args.teachers,
             workers=args.workers,
             backend=args.backend,
             address=args.address,
@@ -262,7 +232,8 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
         plan = preflight(base, opts)  # every bad input is refused before anything is printed
         print(describe_base(base), file=sys.stderr)
         print(
-            f"{len(plan.variants)} variants x {len(plan.seeds)} seeds: "
+            f"{len(plan.variants)} variants x {len(plan.teacher_seeds)} teacher(s) x "
+            f"{len(plan.seeds)} seeds: "
             f"{len(plan.pending)} runs to train, {len(plan.finished)} finished in {plan.directory}",
             file=sys.stderr,
         )
@@ -279,20 +250,13 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
     return run_guarded("dgkd-ablate", args.debug, body)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (``prog: error: ...``) with exit code 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _search_parser() -> argparse.ArgumentParser:
     from dgkd.search.records import option_default  # light: no torch, no search library
     from dgkd.search.registry import backend_names
 
     backend = option_default("backend")
     backends = " or ".join(f"{n} (default)" if n == backend else n for n in backend_names())
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="dgkd-search",
         description="Search a study's hyperparameters with Optuna (default) or Ray Tune. "
         "Rerunning the same command continues an interrupted search up to --trials.",
@@ -301,15 +265,15 @@ def _search_parser() -> argparse.ArgumentParser:
         "accuracy_vs_<param>.png (one parameter) or param_importances.png and slice.png (more), "
         "trial_seeds.csv, confirm.csv and verdict.md (the confirm stage), "
         "and the Optuna storage: journal.log unless --storage (either backend). "
-        "Example: dgkd-search --study eps_sweep --trials 200 --workers 2",
+        "Example: dgkd-search --study eps_sweep --trials 200",
     )
     p.add_argument("--study", metavar="NAME|FILE", help="a packaged study name or a .toml file")
     add = p.add_argument
     # fmt: off
     add("--trials", type=int, metavar="N",
         help="total trials across workers and restarts (default: the study's)")
-    add("--workers", type=int, metavar="N", help="processes sharing the storage "
-        f"(optuna backend; default {option_default('workers')})")
+    add("--workers", type=parse_workers, metavar="N|auto", help="processes sharing the storage "
+        f"(optuna backend; default auto: the usable cores, {option_default('workers')} here)")
     add("--backend", metavar="NAME", help=backends)
     add("--storage", metavar="URL", help="Optuna RDB URL (e.g. postgresql://...) or journal "
         "file path (default: <out>/<study>/journal.log); a Ray search records its trials there")
@@ -327,18 +291,21 @@ def _search_parser() -> argparse.ArgumentParser:
         "baseline on fresh seeds and state a verdict; 0 = off (default: the study's [confirm])")
     add("--confirm-seeds", type=int, metavar="N",
         help="fresh seeds per config in the confirm stage (default: the study's [confirm])")
+    add("--confirm-teachers", type=int, metavar="N", help="teacher seeds the confirm seeds run "
+        "under, from the base's teacher_seed; the search ranks under the first one only "
+        "(default: the study's [confirm] teachers, else 1)")
     # fmt: on
     p.add_argument("--out", default="runs", metavar="DIR", help="results root (default: runs)")
     p.add_argument("--fresh", action="store_true", help="start over: move <out>/<study> (and "
                    "the study in --storage) aside as <name>.old-<timestamp>")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
-    _add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
+    add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
     p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, metrics by "
                    "epoch, final metrics) to this MLflow tracking URI, e.g. ./mlruns "
                    "(needs pip install 'dgkd[mlflow]')")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    _add_version(p)
+    add_version(p)
     return p
 
 
@@ -381,6 +348,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             batch=args.batch,
             confirm_top=args.confirm_top,
             confirm_seeds=args.confirm_seeds,
+            confirm_teachers=args.confirm_teachers,
         )
         records = run_search(study, opts)
         print_summary(study, records, opts)

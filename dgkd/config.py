@@ -96,7 +96,7 @@ class TrainConfig:
     teacher_width: int = 64  # width of a cnn1d/mlp teacher (0 = default); image models ignore it
     teacher_epochs: int = 60  # epochs of the teacher's own (CE) training
     teacher_lr: float = 0.0  # teacher learning rate; 0 = same as lr
-    teacher_seed: int = 0  # one teacher per setup, shared by every student seed
+    teacher_seed: int = 0  # the teacher's seed (ablations and confirm stages run several from it)
     teacher_checkpoint: str = ""  # state_dict file to load instead of training a teacher
     student: str = "cnn1d"  # student architecture
     student_width: int = 24  # width of a cnn1d/mlp student (0 = default); image models ignore it

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from dgkd import metrics
@@ -49,7 +48,7 @@ def epoch_metrics(
     _, feats = predict(train_x)
     out = [dict.fromkeys(EPOCH_METRICS, math.nan) for _ in range(len(feats))]
     for k, row in enumerate(out):
-        row["train_nc1"] = _nc1(feats[k], train_y, num_classes)
+        row["train_nc1"] = metrics.nc1(feats[k], train_y, num_classes)  # NaN if not finite
     val_x, val_y = val
     if len(val_y):
         logits, _ = predict(val_x)
@@ -57,10 +56,3 @@ def epoch_metrics(
             row["val_acc"] = metrics.accuracy(logits[k], val_y)
             row["val_ece"] = metrics.ece(logits[k], val_y)
     return out
-
-
-def _nc1(feats: Tensor, labels: Tensor, num_classes: int) -> float:
-    """:func:`dgkd.metrics.nc1`, or NaN for non-finite features (where the SVD would fail)."""
-    if not bool(torch.isfinite(feats).all()):
-        return math.nan
-    return metrics.nc1(feats, labels, num_classes)

@@ -11,6 +11,9 @@ difference at the 5% level, let alone after a Holm correction. The t-test assume
 differences are roughly normal, which is plausible for differences of averages over a test set
 of a thousand examples; the bootstrap CI of the difference is reported beside it as an
 assumption-light check.
+
+Several teachers (values grouped by teacher) are :mod:`dgkd.nested`'s; the levels of a
+sequential design are :mod:`dgkd.sequential`'s.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ __all__ = [
     "probability_of_improvement",
     "summarize",
     "verdict",
+    "verdict_legend",
+    "VERDICT_WORDS",
 ]
 
 N_RESAMPLES = 10_000  # bootstrap resamples per interval
@@ -69,6 +74,11 @@ class PairedComparison:
     delta_ci_high: float
     p: float
     p_improve: float
+    # The differences' spread between teachers and between seeds of one teacher (one-way
+    # random-effects ANOVA); sd_teacher is NaN with a single teacher.
+    sd_teacher: float = math.nan
+    sd_seed: float = math.nan
+    n_teachers: int = 1
 
 
 def _clean(values: ArrayLike) -> np.ndarray:
@@ -202,21 +212,47 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def verdict(low: float, high: float, p_corrected: float, *, higher_is_better: bool = True) -> str:
-    """The word for a paired difference with CI ``(low, high)`` and corrected p-value.
+# The verdict words and what each means: shown in verdict.md and summary.md from here.
+VERDICT_WORDS: dict[str, str] = {
+    "better": f"the 95% CI excludes 0 on the better side and the corrected p is below {ALPHA}",
+    "worse": "the same on the worse side",
+    "equivalent": "otherwise, the whole 95% CI lies within ±rope, the metric's region of "
+    "practical equivalence: any difference is too small to matter",
+    "inconclusive": "none of these: more runs are needed to decide",
+}
 
-    ``"supported"`` when the CI excludes zero on the better side *and* ``p_corrected < ALPHA``;
-    ``"opposite"`` when both say so on the worse side; ``"no difference"`` when the CI contains
-    zero and p >= ALPHA; ``"inconclusive"`` when the two disagree (with few seeds the percentile
-    bootstrap is narrow, so a CI alone is not trusted); ``"not checked"`` when undefined.
+
+def verdict_legend(ropes: str = "") -> str:
+    """One paragraph defining the verdict words (``ropes`` says each metric's rope)."""
+    words = "; ".join(f"*{w}*: {meaning}" for w, meaning in VERDICT_WORDS.items())
+    return f"Verdicts: {words}." + (f" Ropes: {ropes}." if ropes else "")
+
+
+def verdict(
+    low: float,
+    high: float,
+    p_corrected: float,
+    *,
+    higher_is_better: bool = True,
+    rope: float = math.nan,
+    alpha: float = ALPHA,
+) -> str:
+    """The word (:data:`VERDICT_WORDS`) for a paired difference with CI ``(low, high)`` and a
+    corrected p-value.
+
+    ``"better"`` / ``"worse"`` when the CI excludes zero *and* ``p_corrected < alpha`` (with few
+    seeds or teachers the percentile bootstrap is narrow, so a CI alone is not trusted); else
+    ``"equivalent"`` when the CI lies within ``[-rope, +rope]``; else ``"inconclusive"``;
+    ``"not checked"`` when the CI is undefined. A significant difference is named even inside
+    the rope: it is real, and its size is in the table beside the word. ``alpha`` is lower than
+    :data:`ALPHA` at the looks of a sequential design (:mod:`dgkd.sequential`).
     """
-    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(p_corrected)):
+    if not (math.isfinite(low) and math.isfinite(high)):
         return "not checked"
     beyond_ci = low > 0 or high < 0
-    significant = p_corrected < ALPHA
-    if beyond_ci and significant:
+    if beyond_ci and math.isfinite(p_corrected) and p_corrected < alpha:
         better = low > 0 if higher_is_better else high < 0
-        return "supported" if better else "opposite"
-    if not beyond_ci and not significant:
-        return "no difference"
+        return "better" if better else "worse"
+    if math.isfinite(rope) and -rope <= low and high <= rope:
+        return "equivalent"
     return "inconclusive"

@@ -16,6 +16,8 @@ A study is a TOML file, e.g. ``studies/eps_sweep.toml``::
     [confirm]                  # retrain the top configs and the baseline on fresh seeds
     top = 3
     seeds = 10
+    teachers = 3               # under each of 3 teacher seeds (the search uses the first)
+    round = 5                  # 5 seeds a round, until every verdict is decisive
 
     [base]                     # TrainConfig overrides shared by every trial
     epochs = 40
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dgkd.config import LOSS_FIELDS, ConfigError, TrainConfig, coerce
+from dgkd.metricspec import EPOCH_METRICS, SEARCHABLE
 from dgkd.space import (
     Space,
     SpecError,
@@ -57,19 +60,9 @@ __all__ = [
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
-# Final metrics of train() a study may optimize. Test-split metrics are reported, never optimized.
-METRICS = (
-    "val_acc",
-    "train_acc",
-    "train_loss",
-    "train_nc1",
-    "grad_cos",
-    "grad_norm_tckd",
-    "grad_norm_nckd",
-    "duration_s",
-)
-# Metrics train() reports after every epoch, which a pruner can compare between trials.
-EPOCH_METRICS = ("val_acc", "train_loss")
+# Final metrics of train() a study may optimize, and those reported after every epoch (which a
+# pruner can compare between trials): both from the metric table.
+METRICS = SEARCHABLE
 _KEYS = (
     "description",
     "space",
@@ -85,7 +78,7 @@ _KEYS = (
     "confirm",
     "base",
 )
-_CONFIRM_KEYS = ("top", "seeds")
+_CONFIRM_KEYS = ("top", "seeds", "teachers", "round")
 
 
 @dataclass(frozen=True)
@@ -108,6 +101,12 @@ class Study:
     batch: int = 1  # trials asked of the sampler at once and trained as one population (Optuna)
     confirm_top: int = 0  # configs the confirm stage retrains on fresh seeds (0 = no stage)
     confirm_seeds: int = 10  # fresh seeds per config in the confirm stage
+    # teacher seeds the confirm stage runs its seeds under (base teacher_seed onwards); the
+    # search itself ranks configs under the first one only
+    confirm_teachers: int = 1
+    # fresh seeds added per round of the confirm stage, which stops once every verdict on the
+    # objective is decisive (an O'Brien-Fleming sequential design); 0 = all seeds in one round
+    confirm_round: int = 0
 
     def trial_seeds(
         self, overrides: dict[str, Any] | None = None, seeds: int | None = None
@@ -213,9 +212,17 @@ def load_study(name_or_path: str | Path) -> Study:
         )
     confirm_top = confirm.get("top", Study.confirm_top)
     confirm_seeds = confirm.get("seeds", Study.confirm_seeds)
-    for key, value in (("top", confirm_top), ("seeds", confirm_seeds)):
+    confirm_teachers = confirm.get("teachers", Study.confirm_teachers)
+    confirm_round = confirm.get("round", Study.confirm_round)
+    for key, value in (("top", confirm_top), ("seeds", confirm_seeds), ("round", confirm_round)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{src}: confirm.{key}: must be an integer >= 0, got {value!r}")
+    if not isinstance(confirm_teachers, int) or isinstance(confirm_teachers, bool):
+        raise SpecError(
+            f"{src}: confirm.teachers: must be an integer >= 1, got {confirm_teachers!r}"
+        )
+    if confirm_teachers < 1:
+        raise SpecError(f"{src}: confirm.teachers: must be an integer >= 1, got {confirm_teachers}")
     if confirm_top and confirm_seeds < 2:
         raise SpecError(f"{src}: confirm.seeds: must be >= 2 to compare paired seeds")
     if "space" not in data:
@@ -263,6 +270,8 @@ def load_study(name_or_path: str | Path) -> Study:
         batch=batch,
         confirm_top=confirm_top,
         confirm_seeds=confirm_seeds,
+        confirm_teachers=confirm_teachers,
+        confirm_round=confirm_round,
     )
     _check_space_configs(study)
     return study

@@ -1,22 +1,31 @@
 """Train-or-load the teacher, in a content-addressed cache shared by processes.
 
 The cache key is a hash of everything that determines the teacher (data, split, architecture,
-its training recipe and seed), so changing any of them trains a new one and nothing stale is
-served. A file lock makes concurrent requests train it once; a checksum beside each weight file
-detects a corrupt or truncated cache entry, which is then retrained. Within a process, the
+its training recipe and seed, the device type), so changing any of them trains a new one and
+nothing stale is served. Whatever else its bits depend on is fixed here, not by the caller: the
+teacher trains and predicts on :data:`TEACHER_THREADS` CPU threads whichever command asks for it
+(the thread count changes the order of floating-point reductions, so a teacher trained by an
+ablation on two threads differed from the one ``dgkd-train`` trained on one), and the cache
+entry records the torch version, the threads and the device it was trained with: an entry from
+another torch version is retrained, with one line saying so. A file lock makes concurrent
+requests train it once; a checksum beside each weight file detects a corrupt or truncated cache
+entry, which is then retrained. Within a process, the
 teacher and its logits on the train and test splits are memoized, so a search's later trials pay
 nothing for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -26,13 +35,25 @@ from dgkd.data import Splits
 from dgkd.io import atomic_write_bytes, atomic_write_json, cache_dir
 from dgkd.loop import fit, predict
 from dgkd.models import build_model, has_width
+from dgkd.runtime import set_threads
 
-__all__ = ["TeacherBundle", "TeacherError", "load_teacher", "teacher_config", "teacher_key"]
+__all__ = [
+    "TEACHER_THREADS",
+    "TeacherBundle",
+    "TeacherError",
+    "load_teacher",
+    "teacher_config",
+    "teacher_key",
+]
 
 log = logging.getLogger(__name__)
 
 # Bump when the teacher's training code changes in a way that changes the weights it produces.
-_FORMAT = 2  # 2: im2col cnn1d, fused optimizers
+_FORMAT = 3  # 2: im2col cnn1d, fused optimizers; 3: fixed threads, device type in the key
+# CPU threads the teacher trains and predicts on, whatever the calling command's: one, so a
+# teacher is the same on any machine and under any --workers (the thread count changes how
+# matrix products split their sums, hence the bits).
+TEACHER_THREADS = 1
 
 _MEMO: dict[tuple, TeacherBundle] = {}
 
@@ -87,7 +108,31 @@ def teacher_key(cfg) -> str:
     spec = {name: getattr(tcfg, name) for name in _KEY_FIELDS}
     spec["milestones"] = list(spec["milestones"])
     spec["format"] = _FORMAT
+    spec["device"] = _device_type(cfg.device)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _device_type(name: str) -> str:
+    """The kind of device a run on ``name`` trains on (``auto`` resolved without raising)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
+@contextlib.contextmanager
+def _teacher_threads() -> Iterator[None]:
+    """Torch's intra-op threads at :data:`TEACHER_THREADS` for the block, restored after."""
+    previous = set_threads(TEACHER_THREADS)
+    try:
+        yield
+    finally:
+        set_threads(previous)
+
+
+def _provenance(device: torch.device) -> dict[str, Any]:
+    """What a teacher's bits depend on beyond its key: recorded in, and checked against, the
+    cache entry."""
+    return {"torch": torch.__version__, "threads": TEACHER_THREADS, "device": device.type}
 
 
 def load_teacher(
@@ -105,6 +150,13 @@ def load_teacher(
     memo_key = (key, *split, str(device))
     if memo_key in _MEMO:
         return dataclasses.replace(_MEMO[memo_key], source="memory")
+    with _teacher_threads():
+        bundle = _load(cfg, key, splits, device, progress)
+    _MEMO[memo_key] = bundle
+    return bundle
+
+
+def _load(cfg, key: str, splits: Splits, device: torch.device, progress: bool) -> TeacherBundle:
     model = build_model(
         cfg.teacher,
         num_classes=splits.num_classes,
@@ -128,15 +180,13 @@ def load_teacher(
         model.load_state_dict(state)
     model = model.to(device).eval().requires_grad_(False)
     kw = {"device": device, "batch_size": cfg.eval_batch_size, "amp": cfg.amp}
-    bundle = TeacherBundle(
+    return TeacherBundle(
         model=model,
         train_logits=predict(model, splits, splits.train_x, **kw)[0],
         test_logits=predict(model, splits, splits.test_x, **kw)[0],
         key=key,
         source=source,
     )
-    _MEMO[memo_key] = bundle
-    return bundle
 
 
 def _read_checkpoint(path: Path) -> dict[str, Tensor]:
@@ -159,30 +209,39 @@ def _entry(key: str) -> tuple[Path, Path]:
     return root / f"{key}.pt", root / f"{key}.json"
 
 
-def _load_cached(key: str) -> dict[str, Tensor] | None:
-    """The cached state dict, or None when absent or corrupt (checksum or format mismatch)."""
+def _load_cached(key: str, device: torch.device, *, say: bool = True) -> dict[str, Tensor] | None:
+    """The cached state dict, or None when absent, corrupt (checksum or format mismatch) or
+    trained under another torch version or thread count (each said in one line if ``say``)."""
     weights, meta = _entry(key)
     if not (weights.exists() and meta.exists()):
         return None
     try:
         info = json.loads(meta.read_text())
+        now = _provenance(device)
+        was = {k: info.get(k) for k in now}
+        if was != now:
+            diff = ", ".join(f"{k} {was[k]} (now {now[k]})" for k in now if was[k] != now[k])
+            if say:
+                log.warning("teacher %s in the cache was trained with %s; retraining it", key, diff)
+            return None
         blob = weights.read_bytes()
         if hashlib.sha256(blob).hexdigest() != info["sha256"]:
             raise ValueError("checksum mismatch")
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable entry is retrained, never trusted
-        log.warning("teacher cache entry %s is corrupt (%s); retraining it", weights, exc)
+        if say:
+            log.warning("teacher cache entry %s is corrupt (%s); retraining it", weights, exc)
         return None
 
 
 def _cached_or_trained(cfg, key: str, splits: Splits, device: torch.device, progress: bool):
-    state = _load_cached(key)
+    state = _load_cached(key, device, say=False)  # said below, once, under the lock
     if state is not None:
         return state, "cache"
     weights, meta = _entry(key)
     weights.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(weights) + ".lock"):
-        state = _load_cached(key)  # another process may have trained it while we waited
+        state = _load_cached(key, device)  # another process may have trained it meanwhile
         if state is not None:
             return state, "cache"
         tcfg = teacher_config(cfg)
@@ -195,6 +254,7 @@ def _cached_or_trained(cfg, key: str, splits: Splits, device: torch.device, prog
         atomic_write_bytes(weights, blob)
         atomic_write_json(meta, {
             "sha256": hashlib.sha256(blob).hexdigest(),
+            **_provenance(device),
             "config": tcfg.to_dict(),
             "val_acc": history[-1].get("val_acc"),
         })  # fmt: skip

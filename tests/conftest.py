@@ -12,6 +12,7 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; inherited by subprocesses
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,3 +60,17 @@ def count_trained_epochs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[i
         return trained
 
     return start
+
+
+@pytest.fixture
+def usable_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[int], None]:
+    """Call it with ``n`` to make this process see ``n`` usable cores: its affinity mask, and
+    no cgroup CPU quota (so ``--workers auto`` means ``n`` whatever machine runs the test)."""
+    from dgkd import runtime
+
+    def set_cores(n: int) -> None:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)))
+        for name in ("CGROUP_V2_CPU_MAX", "CGROUP_V1_QUOTA", "CGROUP_V1_PERIOD"):
+            monkeypatch.setattr(runtime, name, tmp_path / "no-cgroup" / name)
+
+    return set_cores

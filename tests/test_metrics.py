@@ -193,6 +193,92 @@ def test_nc1_matches_the_naive_formula() -> None:
     assert _quiet(nc1, wide, labels, 5) == pytest.approx(_naive_nc1(wide, labels, 5), rel=1e-9)
 
 
+def _loop_nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """The class-by-class float64 loop :func:`nc1` replaced, kept as its reference."""
+    h = features.double().flatten(1)
+    present = torch.unique(labels)
+    means = torch.stack([h[labels == c].mean(0) for c in present.tolist()])
+    mu_g = h.mean(0)
+    centered = h - means[torch.searchsorted(present, labels)]
+    sigma_w = centered.T @ centered / h.shape[0]
+    between = means - mu_g
+    sigma_b = between.T @ between / len(present)
+    return (torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)) / num_classes).item()
+
+
+def _clustered(
+    n: int, width: int, classes: int, spread: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 features around random class means, ReLU'd like a network's penultimate layer."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    means = torch.randn(classes, width, generator=g) * 3
+    return (means[labels] + spread * torch.randn(n, width, generator=g)).relu(), labels
+
+
+@pytest.mark.parametrize(
+    ("n", "width", "classes", "spread"),
+    [
+        (3200, 120, 10, 1.0),  # the default student's training split
+        (3200, 120, 10, 1e-3),  # nearly collapsed: the projections cancel
+        (500, 7, 12, 0.5),  # fewer features than classes
+        (300, 40, 3, 2.0),
+        (60, 200, 10, 1.0),  # more features than examples
+    ],
+)
+def test_nc1_matches_the_class_by_class_loop(
+    n: int, width: int, classes: int, spread: float
+) -> None:
+    for seed in range(3):
+        feats, labels = _clustered(n, width, classes, spread, seed)
+        want = _loop_nc1(feats, labels, classes)
+        assert _quiet(nc1, feats, labels, classes) == pytest.approx(want, rel=1e-9)
+        wide = feats.double()  # float64 features too
+        assert _quiet(nc1, wide, labels, classes) == pytest.approx(want, rel=1e-9)
+
+
+def test_nc1_matches_the_loop_on_degenerate_cases() -> None:
+    g = torch.Generator().manual_seed(7)
+    feats = torch.randn(40, 5, generator=g)
+    cases = {
+        "one example per class": (feats[:6], torch.tensor([4, 0, 5, 1, 3, 2]), 6),
+        "features of width 1": (feats[:, :1], torch.arange(40) % 4, 4),
+        "absent classes skipped": (feats, torch.tensor([0, 3, 8]).repeat(14)[:40], 10),
+        "one class present": (feats, torch.full((40,), 2), 10),
+        "class means all equal": (torch.ones(40, 5), torch.arange(40) % 4, 4),
+        "collapsed onto the means": (feats[:4][torch.arange(40) % 4], torch.arange(40) % 4, 4),
+        "image-shaped": (feats.view(40, 1, 5), torch.arange(40) % 3, 3),
+    }
+    for name, (x, y, classes) in cases.items():
+        want = _loop_nc1(x, y, classes)
+        got = _quiet(nc1, x, y, classes)
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), name
+    # The degenerate values themselves: no scatter within the classes is zero NC1.
+    assert nc1(feats[:6], torch.arange(6), 6) == 0.0
+    assert nc1(feats[:4][torch.arange(40) % 4], torch.arange(40) % 4, 4) == 0.0
+
+
+def test_nc1_by_one_hot_class_sums_matches_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgkd import metrics
+
+    monkeypatch.setattr(metrics, "_adds_in_order", lambda device: False)  # as on CUDA
+    feats, labels = _clustered(3200, 120, 10, 1.0, 0)
+    assert nc1(feats, labels, 10) == pytest.approx(_loop_nc1(feats, labels, 10), rel=1e-9)
+    y = torch.tensor([0, 3, 8]).repeat(10)  # absent classes
+    want = _loop_nc1(feats[:30], y, 10)
+    assert nc1(feats[:30], y, 10) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nc1_is_nan_for_features_that_are_not_finite(bad: float) -> None:
+    feats, labels = _clustered(50, 6, 3, 1.0, 0)
+    feats[7, 2] = bad
+    assert math.isnan(nc1(feats, labels, 3))
+    feats[7, 2], feats[8, 2] = math.inf, -math.inf  # cancelling infinities in one column
+    labels[8] = labels[7]
+    assert math.isnan(nc1(feats, labels, 3))
+
+
 def test_kl_to_teacher_by_hand() -> None:
     # Teacher (1/2, 1/4, 1/4), student uniform: KL = 1/2 ln(3/2) + 2 (1/4) ln(3/4) = ln(9/8) / 2.
     teacher = _logits_for([[0.5, 0.25, 0.25]])

@@ -13,6 +13,7 @@ from dgkd.stats import (
     ALPHA,
     CONFIDENCE,
     N_RESAMPLES,
+    VERDICT_WORDS,
     bootstrap_ci,
     compare_paired,
     holm,
@@ -20,6 +21,7 @@ from dgkd.stats import (
     probability_of_improvement,
     summarize,
     verdict,
+    verdict_legend,
 )
 
 
@@ -269,45 +271,55 @@ def test_compare_paired_against_independent_references() -> None:
 # --- the verdict word --------------------------------------------------------------------------
 
 NAN = math.nan
+R = 0.05  # the rope of the table below
 
 
 @pytest.mark.parametrize(
     ("low", "high", "p", "higher_is_better", "word"),
     [
-        # the CI beyond zero and p below ALPHA: supported on the better side, else opposite
-        (0.01, 0.03, 0.01, True, "supported"),
-        (-0.03, -0.01, 0.01, True, "opposite"),
-        (-0.03, -0.01, 0.01, False, "supported"),
-        (0.01, 0.03, 0.01, False, "opposite"),
-        # the CI containing zero and p at or above ALPHA: no difference
-        (-0.01, 0.02, 0.2, True, "no difference"),
-        (-0.01, 0.02, 0.05, True, "no difference"),  # p == ALPHA is not below it
-        # the two disagree: inconclusive
-        (0.01, 0.03, 0.2, True, "inconclusive"),
-        (0.01, 0.03, 0.05, True, "inconclusive"),
-        (-0.01, 0.02, 0.01, True, "inconclusive"),
-        (-0.03, -0.01, 0.3, False, "inconclusive"),
+        # the CI beyond zero and p below ALPHA: better on the better side, else worse
+        (0.01, 0.03, 0.01, True, "better"),
+        (-0.03, -0.01, 0.01, True, "worse"),
+        (-0.03, -0.01, 0.01, False, "better"),
+        (0.01, 0.03, 0.01, False, "worse"),
+        # a real difference inside the rope is still named: significance comes first
+        (0.001, 0.002, 0.001, True, "better"),
+        # not significant, the CI within +-rope: equivalent (bounds on the rope count)
+        (-0.01, 0.02, 0.2, True, "equivalent"),
+        (-0.01, 0.02, 0.05, True, "equivalent"),  # p == ALPHA is not below it
+        (-R, R, 0.5, True, "equivalent"),
+        (0.01, 0.03, 0.2, True, "equivalent"),  # the CI excludes 0 but p does not agree
+        (-0.01, 0.02, NAN, True, "equivalent"),  # no test (one teacher with pairs)
+        # neither: inconclusive
+        (-0.01, 0.06, 0.2, True, "inconclusive"),
+        (-0.06, 0.01, 0.2, False, "inconclusive"),
+        (0.01, 0.08, 0.05, True, "inconclusive"),
+        (-0.08, -0.01, 0.3, False, "inconclusive"),
+        (0.01, 0.03, NAN, True, "equivalent"),
+        (0.01, 0.08, NAN, True, "inconclusive"),
         # a bound exactly at zero does not exclude it
-        (0.0, 0.03, 0.01, True, "inconclusive"),
-        (-0.03, 0.0, 0.01, False, "inconclusive"),
-        (0.0, 0.03, 0.5, True, "no difference"),
-        (-0.03, 0.0, 0.5, True, "no difference"),
+        (0.0, 0.03, 0.01, True, "equivalent"),
+        (-0.03, 0.0, 0.01, False, "equivalent"),
+        (0.0, 0.09, 0.01, True, "inconclusive"),
         # just beyond zero counts
-        (1e-12, 0.03, 0.049, True, "supported"),
-        (-0.03, -1e-12, 0.049, False, "supported"),
+        (1e-12, 0.03, 0.049, True, "better"),
+        (-0.03, -1e-12, 0.049, False, "better"),
         # undefined numbers
         (NAN, 0.03, 0.01, True, "not checked"),
         (0.01, NAN, 0.01, True, "not checked"),
-        (0.01, 0.03, NAN, True, "not checked"),
         (0.01, math.inf, 0.01, True, "not checked"),
         (-math.inf, -0.01, 0.01, True, "not checked"),
     ],
 )
 def test_verdict_table(low: float, high: float, p: float, higher_is_better: bool, word: str):
     assert ALPHA == 0.05
-    assert verdict(low, high, p, higher_is_better=higher_is_better) == word
+    assert verdict(low, high, p, higher_is_better=higher_is_better, rope=R) == word
 
 
-def test_verdict_defaults_to_higher_is_better():
-    assert verdict(0.01, 0.02, 0.001) == "supported"
-    assert verdict(-0.02, -0.01, 0.001) == "opposite"
+def test_verdict_defaults_to_higher_is_better_and_no_rope():
+    assert verdict(0.01, 0.02, 0.001) == "better"
+    assert verdict(-0.02, -0.01, 0.001) == "worse"
+    assert verdict(-0.001, 0.001, 0.9) == "inconclusive"  # without a rope, never equivalent
+    assert set(VERDICT_WORDS) == {"better", "worse", "equivalent", "inconclusive"}
+    legend = verdict_legend("test_acc ±0.5 pts")
+    assert all(f"*{w}*" in legend for w in VERDICT_WORDS) and "test_acc ±0.5 pts" in legend

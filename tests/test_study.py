@@ -398,6 +398,9 @@ def test_cmaes_sampler_needs_its_package(tmp_path: Path, monkeypatch: pytest.Mon
         ('[confirm]\nseeds = "x"\n', "F: confirm.seeds: must be an integer >= 0, got 'x'"),
         ("[confirm]\ntop = 2\nseeds = 1\n", "F: confirm.seeds: must be >= 2 to compare paired"),
         ("[confirm]\ntop = 2\nseeds = 0\n", "F: confirm.seeds: must be >= 2 to compare paired"),
+        ("[confirm]\nteachers = 0\n", "F: confirm.teachers: must be an integer >= 1, got 0"),
+        ('[confirm]\nteachers = "3"\n', "F: confirm.teachers: must be an integer >= 1, got '3'"),
+        ("[confirm]\nteachers = true\n", "F: confirm.teachers: must be an integer >= 1, got True"),
     ],
 )
 def test_seeds_and_confirm_are_validated(tmp_path: Path, text: str, expected: str) -> None:
@@ -418,6 +421,9 @@ def test_seeds_and_confirm_boundaries_that_are_valid(tmp_path: Path) -> None:
     assert (off.confirm_top, off.confirm_seeds) == (0, 0)
     only_top = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 1\n'))
     assert (only_top.confirm_top, only_top.confirm_seeds) == (1, 10)
+    assert (bare.confirm_teachers, only_top.confirm_teachers) == (1, 1)
+    three = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 1\nteachers = 3\n'))
+    assert three.confirm_teachers == 3
 
 
 def test_trial_seeds_start_at_the_configs_seed(tmp_path: Path) -> None:

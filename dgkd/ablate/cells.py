@@ -1,8 +1,9 @@
-"""Cells: one (variant, seed) run each, planned seed-major, and the body every executor runs.
+"""Cells: one (variant, teacher seed, seed) run each, planned teacher by teacher and seed-major
+within a teacher, and the body every executor runs.
 
-Every cell of an ablation shares the base's seeds, validation split and teacher (``teacher_seed``
-and the split live in the base and no variant touches them), so two cells on the same seed
-differ by their variant alone: a paired comparison. Cells train in populations
+Every cell of an ablation shares the base's seeds, validation split and teacher seeds (the split
+lives in the base and no variant touches it or the teacher), so two cells on the same teacher
+and seed differ by their variant alone: a paired comparison. Cells train in populations
 (:func:`run_cells`), each member exactly its own ``train(cfg)`` run, so a cell's numbers do not
 depend on the population it lands in.
 """
@@ -26,16 +27,21 @@ __all__ = ["Cell", "CellResult", "plan_cells", "plan_populations", "run_cells"]
 
 @dataclass(frozen=True)
 class Cell:
-    """One (variant, seed) run of an ablation."""
+    """One (variant, teacher seed, seed) run of an ablation."""
 
     variant: str
     seed: int
     config: TrainConfig
 
     @property
+    def teacher_seed(self) -> int:
+        """The seed of the teacher this cell distills from."""
+        return self.config.teacher_seed
+
+    @property
     def key(self) -> str:
-        """The cell's file name stem: ``<variant>-seed<seed>``."""
-        return _key(self.variant, self.seed)
+        """The cell's file name stem: ``<variant>-teacher<teacher_seed>-seed<seed>``."""
+        return _key(self.variant, self.teacher_seed, self.seed)
 
     @property
     def hash(self) -> str:
@@ -50,14 +56,22 @@ class Cell:
         return self.config.teacher_checkpoint or teacher_key(self.config)
 
 
-def _key(variant: str, seed: int) -> str:
-    return f"{variant}-seed{seed}"
+def _key(variant: str, teacher_seed: int, seed: int) -> str:
+    return f"{variant}-teacher{teacher_seed}-seed{seed}"
 
 
-def plan_cells(base: TrainConfig, variants: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
-    """Every (variant, seed) cell, seed-major, so an interrupted run leaves complete pairs."""
+def plan_cells(
+    base: TrainConfig,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    teacher_seeds: Sequence[int] | None = None,
+) -> list[Cell]:
+    """Every (variant, teacher seed, seed) cell: teacher by teacher, seed-major within one, so
+    an interrupted run leaves complete pairs. ``teacher_seeds`` defaults to the base's own."""
+    teachers = (base.teacher_seed,) if teacher_seeds is None else tuple(teacher_seeds)
     return [
-        Cell(name, seed, VARIANTS[name].apply(base).replace(seed=seed))
+        Cell(name, seed, VARIANTS[name].apply(base).replace(seed=seed, teacher_seed=teacher))
+        for teacher in teachers
         for seed in seeds
         for name in variants
     ]
@@ -110,11 +124,12 @@ class CellResult:
     finished_at: str = ""
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     population_size: int = 1
+    teacher_seed: int = 0
 
     @property
     def key(self) -> str:
         """The same key as the :class:`Cell` it finished."""
-        return _key(self.variant, self.seed)
+        return _key(self.variant, self.teacher_seed, self.seed)
 
     def value(self, metric: str) -> float:
         """The metric's value, NaN for a diverged cell or a missing metric."""

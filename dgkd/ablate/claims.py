@@ -34,7 +34,8 @@ class Claim:
     """One of the seed's claims for DGKD over DKD, checked on the paired differences.
 
     The numbers are ``full - no_grad_term`` (DGKD minus DKD) with the bootstrap CI; ``verdict``
-    is :func:`dgkd.stats.verdict` of them with the Holm-corrected paired t-test, or
+    is :func:`dgkd.stats.verdict` of them with the Holm-corrected test and the metric's rope
+    (better, worse, equivalent, inconclusive), or
     ``"not checked"`` when ``no_grad_term`` is not in the ablation or has fewer than two seed
     pairs.
     """
@@ -49,6 +50,18 @@ class Claim:
     p_holm: float = math.nan
     n_pairs: int = 0
     note: str = ""  # why it was not checked
+    n_teachers: int = 1  # teachers the pairs come from (the test is on their means when > 1)
+    sd_teacher: float = math.nan  # the differences' spread between teachers
+    sd_seed: float = math.nan  # and between seeds of one teacher
+
+    @property
+    def more(self) -> str:
+        """What to add to decide an inconclusive claim: teachers when the spread between them
+        weighs more in a teacher's mean difference than the seeds' does, else seeds."""
+        if self.n_teachers <= 1 or not math.isfinite(self.sd_teacher):
+            return "seeds"
+        per = max(1.0, self.n_pairs / self.n_teachers)
+        return "teachers" if self.sd_teacher**2 >= self.sd_seed**2 / per else "seeds"
 
 
 def check_claims(summary: Sequence[Mapping[str, Any]]) -> list[Claim]:
@@ -70,9 +83,9 @@ def check_claims(summary: Sequence[Mapping[str, Any]]) -> list[Claim]:
         # The summary holds no_grad_term - full; the claim reads full - no_grad_term.
         delta = -row[f"{metric}_delta"]
         low, high = -row[f"{metric}_delta_ci_high"], -row[f"{metric}_delta_ci_low"]
-        word = verdict(
-            low, high, row[f"{metric}_p_holm"], higher_is_better=METRICS[metric].higher_is_better
-        )
+        ms = METRICS[metric]
+        word = verdict(low, high, row[f"{metric}_p_holm"], higher_is_better=ms.higher_is_better,
+                       rope=ms.rope)  # fmt: skip
         out.append(
             Claim(
                 topic,
@@ -84,6 +97,9 @@ def check_claims(summary: Sequence[Mapping[str, Any]]) -> list[Claim]:
                 row[f"{metric}_p"],
                 row[f"{metric}_p_holm"],
                 row["n_pairs"],
+                n_teachers=int(row.get("n_teachers", 1)),
+                sd_teacher=float(row.get(f"{metric}_sd_teacher", math.nan)),
+                sd_seed=float(row.get(f"{metric}_sd_seed", math.nan)),
             )
         )
     return out

@@ -17,7 +17,7 @@ from typing import Any
 from dgkd.ablate.cells import Cell, run_cells
 from dgkd.ablate.errors import CellFailedError
 from dgkd.errors import one_line
-from dgkd.runtime import set_threads, threads_per_worker
+from dgkd.runtime import available_cores, die_with_parent, set_threads, threads_per_worker
 
 __all__ = ["Finished", "execute", "run_in_process", "run_processes", "run_ray"]
 
@@ -39,13 +39,16 @@ def execute(
         populations: The cells to run, grouped into the populations they train in.
         finished: Called with each cell's key and outcome as its population finishes.
         backend: ``local`` (this process, or a pool when ``workers`` > 1) or ``ray``.
-        workers: Processes (local) or populations in flight (ray; None = all).
+        workers: Processes (local; None = one per usable core) or populations in flight (ray;
+            None = all, as many as the cluster has CPUs for run at once).
         address: The Ray cluster (ray only; see :func:`run_ray`).
     """
     if backend == "ray":
         run_ray(populations, finished, address=address, in_flight=workers)
-    elif (workers or 1) > 1:
-        run_processes(populations, finished, workers=workers or 1)
+        return
+    processes = min(available_cores() if workers is None else workers, len(populations))
+    if processes > 1:
+        run_processes(populations, finished, workers=processes)
     else:
         run_in_process(populations, finished)
 
@@ -71,6 +74,13 @@ def run_in_process(populations: Populations, finished: Finished) -> None:
         _report(cells, outcomes, finished)
 
 
+def _init_worker(threads: int) -> None:  # pragma: no cover - runs in a spawned process
+    """A pool worker: end with the parent (a SIGKILLed ablation leaves no orphan training),
+    on its share of the cores."""
+    die_with_parent()
+    set_threads(threads)
+
+
 def run_processes(populations: Populations, finished: Finished, *, workers: int) -> None:
     """Populations in ``workers`` spawned processes, each with its share of the cores."""
     import multiprocessing as mp
@@ -79,7 +89,7 @@ def run_processes(populations: Populations, finished: Finished, *, workers: int)
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=mp.get_context("spawn"),
-        initializer=set_threads,
+        initializer=_init_worker,
         initargs=(threads_per_worker(workers),),
     )
     futures = {pool.submit(run_cells, _configs(cells)): cells for cells in populations}

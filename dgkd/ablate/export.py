@@ -68,7 +68,8 @@ def _claim_json(c: Claim) -> dict[str, Any]:
 
 
 def runs_frame(cells: Sequence[CellResult]) -> pd.DataFrame:
-    """One row per (variant, seed): status, where it diverged, every final metric, keys."""
+    """One row per (variant, teacher_seed, seed): status, where it diverged, every final
+    metric, keys."""
     import pandas as pd
 
     metric_names = list(METRICS)
@@ -79,6 +80,7 @@ def runs_frame(cells: Sequence[CellResult]) -> pd.DataFrame:
         where = c.diverged or {}
         row = {
             "variant": c.variant,
+            "teacher_seed": c.teacher_seed,
             "seed": c.seed,
             "status": c.status,
             "diverged_epoch": where.get("epoch"),
@@ -100,16 +102,18 @@ def runs_frame(cells: Sequence[CellResult]) -> pd.DataFrame:
 
 
 def history_frame(cells: Sequence[CellResult]) -> pd.DataFrame:
-    """One row per (variant, seed, epoch): the per-epoch history each cell stored (the NC1,
-    validation accuracy and ECE curves, the training loss and its terms)."""
+    """One row per (variant, teacher_seed, seed, epoch): the per-epoch history each cell stored
+    (the NC1, validation accuracy and ECE curves, the training loss and its terms)."""
     import pandas as pd
 
+    keys = ["variant", "teacher_seed", "seed", "status"]
     rows = [
-        {"variant": c.variant, "seed": c.seed, "status": c.status, **row}
+        {"variant": c.variant, "teacher_seed": c.teacher_seed, "seed": c.seed, "status": c.status}
+        | row
         for c in cells
         for row in c.history
     ]
-    frame = pd.DataFrame(rows, columns=None if rows else ["variant", "seed", "status", "epoch"])
+    frame = pd.DataFrame(rows, columns=None if rows else [*keys, "epoch"])
     frame["epoch"] = frame["epoch"].astype("Int64")
     return frame
 

@@ -11,10 +11,14 @@ from pathlib import Path
 
 from dgkd.ablate.errors import AblateError
 from dgkd.ablate.variants import VARIANTS
+from dgkd.runtime import available_cores
 
-__all__ = ["BACKENDS", "OUT_DIR", "POPULATION", "SEEDS", "AblationOptions"]
+__all__ = ["BACKENDS", "OUT_DIR", "POPULATION", "SEEDS", "TEACHERS", "AblationOptions"]
 
 SEEDS = 10  # seeds per variant: enough for a paired CI and a Holm-corrected p worth reading
+# Teacher seeds per variant: a claim about a method must hold across the teachers it distills
+# from; three is the fewest that estimate the spread between teachers at all.
+TEACHERS = 3
 # Most cells trained as one population, and a kill loses at most the populations in flight. On
 # one idle core a default (width-24) cell costs least in a population of 4 to 8 (0.69 of a cell
 # alone; python -m benchmarks.population), but with two workers on two cores 16 was as fast
@@ -34,7 +38,10 @@ class AblationOptions:
 
     variants: tuple[str, ...] = tuple(VARIANTS)
     seeds: int = SEEDS  # cells run on seeds 0 .. seeds-1
-    workers: int | None = None  # local: processes (default 1); ray: populations in flight
+    teachers: int = TEACHERS  # under teacher seeds base.teacher_seed .. + teachers-1
+    # local: processes, None = auto (one per usable core); ray: populations in flight, None =
+    # all of them (the cluster runs as many as it has CPUs for)
+    workers: int | None = None
     population: int = POPULATION  # most cells trained together (one population)
     backend: str = BACKENDS[0]
     address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a new local cluster
@@ -50,6 +57,11 @@ class AblationOptions:
             raise AblateError(
                 f"--seeds must be >= 1 ({SEEDS} or more for a CI worth reading), got {self.seeds}"
             )
+        if self.teachers < 1:
+            raise AblateError(
+                f"--teachers must be >= 1 ({TEACHERS} or more to see the spread between "
+                f"teachers), got {self.teachers}"
+            )
         if self.population < 1:
             raise AblateError(f"population must be >= 1, got {self.population}")
         if self.workers is not None and self.workers < 1:
@@ -58,3 +70,5 @@ class AblationOptions:
             raise AblateError(f"--backend must be {' or '.join(BACKENDS)}, got {self.backend!r}")
         if self.address and self.backend != "ray":
             raise AblateError("--address is for --backend ray; add --backend ray or drop it")
+        if self.workers is None and self.backend == "local":  # frozen: set once, resolved
+            object.__setattr__(self, "workers", available_cores())

@@ -23,6 +23,7 @@ class Plan:
     directory: Path
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
+    teacher_seeds: tuple[int, ...]
     cells: list[Cell]
     finished: dict[str, CellResult]  # by Cell.key; empty with --fresh
 
@@ -36,7 +37,8 @@ def preflight(base: BaseConfig, opts: AblationOptions) -> Plan:
     """Check the names and the results directory without changing anything.
 
     Raises:
-        AblateError: an unknown variant, a bad name, an unwritable directory, or (without
+        AblateError: an unknown variant, a bad name, an unwritable directory, several teachers
+            with a ``teacher_checkpoint``, or (without
             ``fresh``) a directory holding cells of a different base config.
     """
     variants = parse_variants(opts.variants)
@@ -46,6 +48,13 @@ def preflight(base: BaseConfig, opts: AblationOptions) -> Plan:
         raise AblateError(f"--name must be a plain directory name, got {name!r}")
     directory = ablation_dir(opts.out_dir, name)
     check_writable(directory)
-    cells = plan_cells(base.config, variants, seeds)
+    first = base.config.teacher_seed
+    teacher_seeds = tuple(range(first, first + opts.teachers))
+    if opts.teachers > 1 and base.config.teacher_checkpoint:
+        raise AblateError(
+            "teacher_checkpoint names one teacher, so --teachers must be 1 (or drop "
+            "teacher_checkpoint to train one teacher per teacher seed)"
+        )
+    cells = plan_cells(base.config, variants, seeds, teacher_seeds)
     finished = {} if opts.fresh else load_finished(directory, base, cells, name)
-    return Plan(name, directory, variants, seeds, cells, finished)
+    return Plan(name, directory, variants, seeds, teacher_seeds, cells, finished)

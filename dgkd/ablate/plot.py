@@ -20,14 +20,14 @@ PLOT_FILE = "ablation.png"
 
 
 def plot_png(result: AblationResult) -> bytes:
-    """Each variant's mean with its 95% CI and the seeds' values, one panel per metric."""
+    """Each variant's mean with its 95% CI (two-level with several teachers) and every run's
+    value, one panel per metric."""
     from matplotlib.figure import Figure
 
     from dgkd.stats import CONFIDENCE
 
     rows = result.summary
     names = [r["variant"] for r in rows]
-    by = {(c.variant, c.seed): c for c in result.cells}
     fig = Figure(figsize=(17, 1.2 + 0.45 * len(names) * 2), layout="constrained")
     axes = fig.subplots(2, 4).ravel()
     for j, (ax, spec) in enumerate(zip(axes, METRICS.values(), strict=False)):
@@ -35,11 +35,7 @@ def plot_png(result: AblationResult) -> bytes:
         m = spec.name
         for i, row in enumerate(rows):
             y = len(rows) - 1 - i
-            seeds = [
-                by[(row["variant"], s)].value(m) * scale
-                for s in result.seeds
-                if (row["variant"], s) in by
-            ]
+            seeds = [c.value(m) * scale for c in result.cells if c.variant == row["variant"]]
             ax.plot(seeds, [y - 0.2] * len(seeds), "o", color="0.6", ms=3, zorder=1)
             mean = row[f"{m}_mean"] * scale
             if math.isfinite(mean):
@@ -66,9 +62,12 @@ def plot_png(result: AblationResult) -> bytes:
         ax.set_yticks(range(len(names)), list(reversed(names)) if j % 4 == 0 else [])
         ax.set_ylim(-0.7, len(names) - 0.3)
     _nc1_curves(axes[len(METRICS)], result)
+    over = f"{len(result.seeds)} seeds"
+    if len(result.teacher_seeds) > 1:
+        over = f"{len(result.teacher_seeds)} teachers x {over} (two-level)"
     fig.suptitle(
         f"ablation {result.name}: mean and {CONFIDENCE:.0%} bootstrap CI over "
-        f"{len(result.seeds)} seeds (grey: single seeds; dashed: full)",
+        f"{over} (grey: single runs; dashed: full)",
         fontsize=11,
     )
     buf = io.BytesIO()
@@ -77,7 +76,7 @@ def plot_png(result: AblationResult) -> bytes:
 
 
 def _nc1_curves(ax: Axes, result: AblationResult) -> None:
-    """Each variant's mean over seeds of ln(train NC1) at every epoch (finished cells only)."""
+    """Each variant's mean over runs of ln(train NC1) at every epoch (finished cells only)."""
     from matplotlib.ticker import MaxNLocator
 
     for i, variant in enumerate(result.variants):

@@ -16,6 +16,7 @@ from dgkd.ablate.result import AblationResult
 from dgkd.ablate.summary import METRICS, MetricSpec
 from dgkd.ablate.variants import REFERENCE
 from dgkd.config import TrainConfig
+from dgkd.metricspec import spec as spec_of
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
@@ -85,12 +86,15 @@ def _cells(row: Mapping[str, Any], spec: MetricSpec, dec: int) -> dict[str, str]
             delta += f" [{low}, {high}]"
     improve = row[f"{m}_p_improve"]
     return {
+        "sd_teacher": _num(row.get(f"{m}_sd_teacher"), spec, dec),
+        "sd_seed": _num(row.get(f"{m}_sd_seed"), spec, dec),
         "mean": mean,
         "ci": ci,
         "delta": delta,
         "p": _p(row[f"{m}_p"]),
         "p_holm": _p(row[f"{m}_p_holm"]),
         "improve": f"{improve:.2f}" if math.isfinite(improve) else DASH,
+        "verdict": row.get(f"{m}_verdict") or DASH,
     }
 
 
@@ -140,82 +144,135 @@ def claim_sentences(claims: Sequence[Claim]) -> list[str]:
         numbers = (
             f"full - no_grad_term = {_num(c.delta, spec, dec, signed=True)}{unit} "
             f"(95% CI {_num(c.ci_low, spec, dec, signed=True)} to "
-            f"{_num(c.ci_high, spec, dec, signed=True)}; paired t-test p = {_p(c.p)}, "
-            f"Holm {_p(c.p_holm)}; {c.n_pairs} seed pairs)"
+            f"{_num(c.ci_high, spec, dec, signed=True)}; "
+            + (
+                f"paired t-test p = {_p(c.p)}, Holm {_p(c.p_holm)}; {c.n_pairs} seed pairs)"
+                if c.n_teachers <= 1
+                else f"t-test on teacher means p = {_p(c.p)}, Holm {_p(c.p_holm)}; "
+                f"{c.n_pairs} pairs under {c.n_teachers} teachers)"
+            )
         )
-        word = ("higher" if c.delta > 0 else "lower") if c.delta != 0 else "equal"
-        if c.verdict == "supported":
+        word = ("higher" if c.delta > 0 else "lower") if c.delta != 0 else "equal to"
+        rope = _num(spec.rope, spec, dec) + unit
+        if c.verdict == "better":
             text = (
-                f"DGKD is better than DKD here, {word} beyond the CI: {numbers}. "
+                f"better: DGKD is {word} than DKD beyond the CI: {numbers}. "
                 "The claim holds on this setup."
             )
-        elif c.verdict == "opposite":
+        elif c.verdict == "worse":
             text = (
-                f"DGKD is worse than DKD here, {word} beyond the CI: {numbers}. "
+                f"worse: DGKD is {word} than DKD beyond the CI: {numbers}. "
                 "The claim fails on this setup."
             )
-        elif c.verdict == "inconclusive":
+        elif c.verdict == "equivalent":
             text = (
-                f"inconclusive, the bootstrap CI and the Holm-corrected paired t-test disagree "
-                f"at the {ALPHA:.0%} level: {numbers}. Run more seeds to decide."
+                f"equivalent: the whole CI lies within ±{rope}, too close to DKD to matter: "
+                f"{numbers}. The claim is not supported on this setup."
             )
         else:
             text = (
-                f"no difference beyond seed noise, the CI contains zero: {numbers}. "
-                "The claim is not supported on this setup."
+                f"inconclusive: neither a difference (CI beyond 0 and Holm p below "
+                f"{ALPHA:.0%}) nor equivalence (CI within ±{rope}): {numbers}. "
+                f"Run more {c.more} to decide."
             )
         out.append(f"{head}: {text}")
     return out
 
 
+def rope_text(names: Sequence[str] = tuple(METRICS)) -> str:
+    """Each metric's rope in its table's units, e.g. ``test_acc ±0.5 pts``."""
+    parts = []
+    for name in names:
+        ms = spec_of(name)
+        if math.isfinite(ms.rope):
+            value = f"{ms.rope * 100:g} pts" if ms.percent else f"{ms.rope:g}"
+            parts.append(f"{name} ±{value}")
+    return ", ".join(parts)
+
+
 def summary_markdown(result: AblationResult) -> str:
     """The ablation as markdown: how to read it, one table per metric, the claims."""
-    from dgkd.stats import CONFIDENCE, N_RESAMPLES
+    from dgkd.stats import CONFIDENCE, N_RESAMPLES, verdict_legend
 
     rows = result.summary
     seeds = result.seeds
+    teachers = result.teacher_seeds
     cells = result.cells
     diverged = sum(c.status == "diverged" for c in cells)
+    keys = sorted({c.teacher_key for c in cells})
+    if len(teachers) == 1:
+        design = f"{len(result.variants)} variants x {len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+        shared = f"every variant ran on the same seeds, validation split and teacher (`{keys[0]}`)"
+        how = (
+            f"How to read: mean ± std (ddof 1) over seeds; {CONFIDENCE:.0%} CI = percentile "
+            f"bootstrap of the mean ({N_RESAMPLES:,} resamples, seeded); Δ = variant - full, "
+            "paired by seed, with its bootstrap CI; p = two-sided paired t-test on the seed "
+            "pairs, Holm = Holm-corrected across the variants of that metric; "
+        )
+    else:
+        design = (
+            f"{len(result.variants)} variants x {len(teachers)} teachers (teacher seeds "
+            f"{teachers[0]}-{teachers[-1]}) x {len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+        )
+        shared = (
+            "every variant ran under the same teachers ("
+            + ", ".join(f"`{k}`" for k in keys)
+            + ") on the same seeds and validation split"
+        )
+        how = (
+            f"How to read: teachers are a random factor. Mean = mean over teachers of the mean "
+            f"over seeds, ± std (ddof 1) over every run; {CONFIDENCE:.0%} CI = two-level "
+            f"percentile bootstrap ({N_RESAMPLES:,} resamples, seeded: resample teachers, then "
+            "seeds within each); Δ = variant - full, paired by teacher and seed, with its "
+            "two-level CI; p = two-sided one-sample t-test of the teacher-level mean "
+            f"differences ({len(teachers) - 1} degrees of freedom), Holm = Holm-corrected "
+            "across the variants of that metric; sd_teacher and sd_seed = the spread of the "
+            "paired differences between teachers and between seeds of one teacher (one-way "
+            "random-effects ANOVA), in summary.csv and the test-accuracy table; "
+        )
     lines = [
         f"# Ablation `{result.name}`",
         "",
         describe_base(result.base) + ".",
         "",
-        f"{len(result.variants)} variants x {len(seeds)} seeds "
-        f"({seeds[0]}-{seeds[-1]}) = {len(cells)} runs"
+        f"{design} = {len(cells)} runs"
         + (f", {diverged} diverged" if diverged else "")
-        + f"; every variant ran on the same seeds, validation split and teacher "
-        f"(`{cells[0].teacher_key}`). Final-epoch metrics, except the mean log train NC1 over "
+        + f"; {shared}. Final-epoch metrics, except the mean log train NC1 over "
         "epochs (`nc1_auc`), which summarizes the NC1 curve: lower means the classes collapsed "
         "faster along the way, and exp(Δ) is the geometric-mean ratio of NC1 over the epochs.",
         "",
-        f"How to read: mean ± std (ddof 1) over seeds; {CONFIDENCE:.0%} CI = percentile "
-        f"bootstrap of the mean ({N_RESAMPLES:,} resamples, seeded); Δ = variant - full, paired "
-        "by seed, with its bootstrap CI; p = two-sided paired t-test on the seed pairs, Holm = "
-        "Holm-corrected across the variants of that metric; P(better) = probability that a "
-        "seed of the variant beats a seed of full (Mann-Whitney U / n²; 0.5 = no difference). "
-        "n counts finished runs; diverged runs are counted, not averaged.",
+        how + "P(better) = probability that a run of the variant beats a run of full (Mann-Whitney "
+        "U / n²; 0.5 = no difference). n counts finished runs; diverged runs are counted, not "
+        "averaged.",
+        "",
+        verdict_legend(rope_text()) + " The verdict column reads the variant against full.",
         "",
         "## The seed's claims: full (DGKD) vs no_grad_term (DKD)",
         "",
         *[f"- {s}" for s in claim_sentences(result.claims)],
         "",
     ]
+    several = len(teachers) > 1
     for spec in METRICS.values():
         dec = _decimals(spec, rows)
+        extra = " sd_teacher | sd_seed |" if several else ""
         lines += [
             f"## {spec.label[0].upper() + spec.label[1:]}{spec.unit}, {spec.direction}",
             "",
             "| variant | what changes | n | mean ± std | 95% CI | Δ vs full [95% CI] "
-            "| p | p (Holm) | P(better) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| p | p (Holm) | P(better) | verdict |" + extra,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if several else ""),
         ]
         for row in rows:
             c = _cells(row, spec, dec)
-            lines.append(
+            line = (
                 f"| {row['variant']} | {row['description']} | {_n(row)} | {c['mean']} | "
-                f"{c['ci']} | {c['delta']} | {c['p']} | {c['p_holm']} | {c['improve']} |"
+                f"{c['ci']} | {c['delta']} | {c['p']} | {c['p_holm']} | {c['improve']} | "
+                f"{c['verdict']} |"
             )
+            if several:
+                line += f" {c['sd_teacher']} | {c['sd_seed']} |"
+            lines.append(line)
         lines.append("")
     return "\n".join(lines)
 
@@ -232,11 +289,23 @@ def print_summary(result: AblationResult, console: Console | None = None) -> Non
     rows = result.summary
     spec = METRICS["test_acc"]
     dec = _decimals(spec, rows)
-    table = Table(
-        title=f"ablation {result.name}: test accuracy (%), {len(result.seeds)} paired seeds",
-        caption="Δ = variant - full paired by seed; p = paired t-test, Holm-corrected; "
-        "P(better) = P(variant seed beats full seed)",
-    )
+    several = len(result.teacher_seeds) > 1
+    if several:
+        title = (
+            f"ablation {result.name}: test accuracy (%), {len(result.teacher_seeds)} teachers x "
+            f"{len(result.seeds)} paired seeds"
+        )
+        caption = (
+            "Δ = variant - full paired by teacher and seed, two-level bootstrap CI; p = t-test "
+            "on teacher means, Holm-corrected; sd = the Δ's spread between teachers / seeds"
+        )
+    else:
+        title = f"ablation {result.name}: test accuracy (%), {len(result.seeds)} paired seeds"
+        caption = (
+            "Δ = variant - full paired by seed; p = paired t-test, Holm-corrected; "
+            "P(better) = P(variant seed beats full seed)"
+        )
+    table = Table(title=title, caption=caption)
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("variant", "left"),
         ("n", "right"),
@@ -245,14 +314,17 @@ def print_summary(result: AblationResult, console: Console | None = None) -> Non
         ("Δ vs full [95% CI]", "right"),
         ("p (Holm)", "right"),
         ("P(better)", "right"),
+        ("verdict", "left"),
     )
+    if several:
+        columns += (("sd_teacher", "right"), ("sd_seed", "right"))
     for col, just in columns:
         table.add_column(col, justify=just)
     for row in rows:
         c = _cells(row, spec, dec)
-        table.add_row(
-            row["variant"], _n(row), c["mean"], c["ci"], c["delta"], c["p_holm"], c["improve"]
-        )
+        cols = [row["variant"], _n(row), c["mean"], c["ci"], c["delta"], c["p_holm"], c["improve"]]
+        cols.append(c["verdict"] if row["variant"] != REFERENCE else "")
+        table.add_row(*cols, *((c["sd_teacher"], c["sd_seed"]) if several else ()))
     console.print(table)
 
     claim_metrics = ("test_agreement", "test_kl_to_teacher", "test_ece", "nc1_auc", "train_nc1")

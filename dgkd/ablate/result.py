@@ -22,6 +22,7 @@ class AblationResult:
     base: BaseConfig
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
+    teacher_seeds: tuple[int, ...]
     cells: list[CellResult]
     summary: list[dict[str, Any]]  # one row per variant (see summarize_cells)
     claims: list[Claim]

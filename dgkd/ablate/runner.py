@@ -1,7 +1,7 @@
 """Run (or finish) an ablation: lock its directory, run the pending cells, write the outputs.
 
 An ablation resolves one base configuration, derives each variant from it, and runs every
-(variant, seed) cell on the same seeds, split and teacher. The pending cells train in
+(variant, teacher seed, seed) cell on the same seeds, split and teachers. The pending cells train in
 populations (:func:`~dgkd.ablate.cells.plan_populations`), and each cell is stored as soon as its
 population finishes, so an interrupted ablation resumes where it stopped, losing at most the
 populations in flight; tables are written only when every cell is done.
@@ -56,13 +56,9 @@ def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
         moved = move_aside(directory) if opts.fresh else None
         cells = plan.cells
         done = load_finished(directory, base, cells, name)  # again, now under the lock
+        teacher_keys = {c.teacher_seed: c.teacher_key for c in cells}
         info = manifest(
-            base,
-            opts,
-            name=name,
-            variants=variants,
-            seeds=seeds,
-            teacher_key=cells[0].teacher_key,
+            base, opts, name=name, variants=variants, seeds=seeds, teacher_keys=teacher_keys
         )
         write_manifest(directory, info)
         pending = [c for c in cells if c.key not in done]
@@ -75,6 +71,7 @@ def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
             base,
             variants,
             seeds,
+            plan.teacher_seeds,
             results,
             summary,
             check_claims(summary),
@@ -88,14 +85,14 @@ def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
         lock.release()
 
 
-def _prepare_teacher(cfg: TrainConfig, progress: bool) -> None:
-    """Train or load the shared teacher once, before cells start, so no cell races for it."""
+def _prepare_teachers(cfgs: Sequence[TrainConfig], progress: bool) -> None:
+    """Train or load each teacher once, before cells start, so no cell waits for another's."""
     from dgkd.loop import resolve_device
     from dgkd.teacher import load_teacher
     from dgkd.train import splits_for
 
-    splits = splits_for(cfg)
-    load_teacher(cfg, splits, device=resolve_device(cfg.device), progress=progress)
+    for cfg in cfgs:
+        load_teacher(cfg, splits_for(cfg), device=resolve_device(cfg.device), progress=progress)
 
 
 def _run_pending(
@@ -111,7 +108,8 @@ def _run_pending(
     population finishes."""
     if not pending:
         return 0
-    _prepare_teacher(base.config, opts.progress)
+    teachers = {c.teacher_seed: c.config for c in pending}
+    _prepare_teachers(list(teachers.values()), opts.progress)
     populations = plan_populations(pending, workers=opts.workers or 1, size=opts.population)
     by_key = {c.key: c for c in pending}
     ran = 0
@@ -133,6 +131,7 @@ def _run_pending(
                 finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 history=[dict(row) for row in out.get("history", [])],
                 population_size=int(out.get("population_size", 1)),
+                teacher_seed=cell.teacher_seed,
             )
             save_cell(directory, res)
             done[key] = res
@@ -150,10 +149,8 @@ def _run_pending(
 
 def _cell_line(res: CellResult) -> str:
     """One progress line for a finished cell."""
+    who = f"{res.variant} teacher {res.teacher_seed} seed {res.seed}"
     if res.status == "diverged":
         where = res.diverged or {}
-        return f"{res.variant} seed {res.seed}: diverged at epoch {where.get('epoch')}"
-    return (
-        f"{res.variant} seed {res.seed}: test_acc {res.value('test_acc'):.4f} "
-        f"({res.duration_s:.1f} s)"
-    )
+        return f"{who}: diverged at epoch {where.get('epoch')}"
+    return f"{who}: test_acc {res.value('test_acc'):.4f} ({res.duration_s:.1f} s)"

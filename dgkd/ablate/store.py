@@ -100,6 +100,13 @@ def load_finished(
                 name,
                 f"cell {cell.key} has config hash {obj.get('config_hash')}, expected {cell.hash}",
             )
+        if obj.get("teacher_key") != cell.teacher_key:
+            raise _changed(
+                directory,
+                name,
+                f"cell {cell.key} distilled teacher {obj.get('teacher_key')}, this config's "
+                f"teacher is {cell.teacher_key}",
+            )
         done[cell.key] = CellResult.from_json(obj)
     return done
 
@@ -127,7 +134,7 @@ def manifest(
     name: str,
     variants: Sequence[str],
     seeds: Sequence[int],
-    teacher_key: str,
+    teacher_keys: dict[int, str],
 ) -> dict[str, Any]:
     """What ``config.json`` records: enough to rerun and to judge the numbers."""
     from dgkd.stats import CONFIDENCE, N_RESAMPLES
@@ -147,14 +154,25 @@ def manifest(
             v: {"doc": VARIANTS[v].doc, "changes": dict(VARIANTS[v].changes)} for v in variants
         },
         "seeds": list(seeds),
-        "teacher_key": teacher_key,
+        "teacher_seeds": list(teacher_keys),
+        "teacher_key": next(iter(teacher_keys.values())),  # the first teacher's
+        "teacher_keys": {str(t): k for t, k in teacher_keys.items()},
         "statistics": {
             "confidence": CONFIDENCE,
-            "bootstrap": f"percentile, {N_RESAMPLES} resamples, seed 0",
-            "paired_test": "paired t-test (scipy.stats.ttest_rel), two-sided",
+            "bootstrap": (
+                f"percentile, {N_RESAMPLES} resamples, seed 0"
+                + ("; two-level: teachers, then seeds within each" if len(teacher_keys) > 1 else "")
+            ),
+            "paired_test": (
+                "paired t-test (scipy.stats.ttest_rel) on the seed pairs, two-sided"
+                if len(teacher_keys) == 1
+                else "one-sample t-test of the teacher-level mean differences "
+                "(teachers as a random factor), two-sided"
+            ),
             "correction": "Holm across the variants, per metric",
             "p_improve": "Mann-Whitney U / (n_variant * n_full)",
         },
+        "teachers": opts.teachers,
         "backend": opts.backend,
         "workers": opts.workers,
         "population": opts.population,  # most cells trained together

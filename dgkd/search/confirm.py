@@ -1,12 +1,17 @@
-"""The confirm stage: retrain a search's top configs and its baseline on fresh, paired seeds.
+"""The confirm stage: retrain a search's top configs and its baseline on fresh, paired seeds,
+under several teachers.
 
-Rows go to ``confirm.csv`` as each config's population finishes, so a killed confirm stage
+A search ranks configs under one teacher; a verdict about them must hold across teachers, so the
+stage runs its seeds under each of the study's ``[confirm] teachers`` teacher seeds (the base's
+``teacher_seed`` onwards; the first is the search's) and judges with teachers as a random
+factor. Rows go to ``confirm.csv`` as each config's populations finish, so a killed confirm stage
 resumes where it stopped; the comparison is :func:`dgkd.search.verdict.judge`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -18,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from dgkd.io import atomic_write_text
 from dgkd.search.records import TrialRecord, completed
 from dgkd.search.seeds import same_params
-from dgkd.search.verdict import Verdict, judge, verdict_markdown
+from dgkd.search.verdict import Round, Verdict, judge, verdict_markdown
+from dgkd.sequential import obrien_fleming_levels
 
 if TYPE_CHECKING:
     from dgkd.study import Study
@@ -40,7 +46,7 @@ VERDICT_FILE = "verdict.md"
 # an ablation use, so they stay fresh when a study's seed count grows.
 FIRST_CONFIRM_SEED = 10_000
 BASELINE = "baseline"
-_KEY_COLUMNS = ("config", "trial", "params", "seed", "error")
+_KEY_COLUMNS = ("config", "trial", "params", "teacher_seed", "seed", "error")
 
 Trainer = Callable[[Sequence[Any]], "list[TrainResult]"]
 
@@ -55,6 +61,15 @@ class ConfirmPlan:
     winner: str
     winner_search_value: float
     seeds: tuple[int, ...]
+    teachers: int = 1  # teacher seeds: the base config's teacher_seed and the next teachers - 1
+    round: int = 0  # fresh seeds added per round (a look of the sequential design); 0 = all
+
+    @property
+    def looks(self) -> tuple[int, ...]:
+        """How many of :attr:`seeds` each round has trained: ``(5, 10)`` for 10 in rounds of 5."""
+        n = len(self.seeds)
+        step = self.round if 0 < self.round < n else n
+        return tuple(min(n, k) for k in range(step, n + step, step))
 
 
 def confirm_seeds(search_seeds: Sequence[int], n: int) -> tuple[int, ...]:
@@ -70,9 +85,12 @@ def plan_confirm(
     top: int,
     seeds: int,
     search_seeds: Sequence[int],
+    teachers: int | None = None,
+    round: int | None = None,
 ) -> ConfirmPlan | None:
     """The top ``top`` COMPLETE configs by the study's metric, and the study's baseline (its
-    first enqueued point), or None when no trial completed or ``top`` or ``seeds`` is 0."""
+    first enqueued point), or None when no trial completed or ``top`` or ``seeds`` is 0.
+    ``teachers`` and ``round`` default to the study's ``[confirm]`` values."""
     done = completed(records)
     if not done or top < 1 or seeds < 1:
         return None
@@ -103,6 +121,8 @@ def plan_confirm(
         winner=winner_name,
         winner_search_value=float(winner.value or math.nan),
         seeds=confirm_seeds(search_seeds, seeds),
+        teachers=study.confirm_teachers if teachers is None else teachers,
+        round=study.confirm_round if round is None else round,
     )
 
 
@@ -131,9 +151,17 @@ def run_confirm(
     trainer: Trainer | None = None,
     log: Callable[[str], None] = print,
 ) -> Verdict:
-    """Train every planned config on the plan's seeds (one population per config), write
-    ``confirm.csv`` after each, then ``verdict.md``; rows already in ``confirm.csv`` for the
-    same config, params and seed are kept, so a killed stage resumes.
+    """Train every planned config on the plan's seeds under each of its teachers, in rounds, and
+    judge after each round; write ``confirm.csv`` after each config's runs, then ``verdict.md``.
+
+    A round adds ``plan.round`` fresh seeds to every config (one call per config, a population
+    per teacher) and is a look of an O'Brien-Fleming group-sequential design
+    (:func:`dgkd.sequential.obrien_fleming_levels`): "better" and "worse" on the objective need the
+    Holm-corrected p below that look's nominal level, so looking after every round keeps the
+    rate of a false "better" at 5%. The stage stops at the first round where every top config's
+    verdict on the objective is decisive (better, worse or equivalent), or when the seeds run
+    out. Rows already in ``confirm.csv`` for the same config, params, teacher and seed are kept,
+    so a killed stage resumes (and takes the same decisions again).
 
     Args:
         study: The searched study (its base config and overrides make each config).
@@ -148,49 +176,86 @@ def run_confirm(
 
         trainer = train_population
     path = out_dir / CONFIRM_FILE
-    kept: dict[tuple[str, int], dict[str, Any]] = {}
+    bases = {
+        name: study.config(params, dict(overrides or {})) for name, params in plan.configs.items()
+    }
+    first = next(iter(bases.values())).teacher_seed
+    teachers = tuple(range(first, first + plan.teachers))
+    kept: dict[tuple[str, int, int], dict[str, Any]] = {}
     for old in _read(path):
-        name, seed = old["config"], int(old["seed"])
+        name, seed, under = old["config"], int(old["seed"]), old.get("teacher_seed") or ""
         same = name in plan.configs and same_params(json.loads(old["params"]), plan.configs[name])
-        if same and seed in plan.seeds:
-            kept[(name, seed)] = old
-    for name, params in plan.configs.items():
-        pending = [s for s in plan.seeds if (name, s) not in kept]
-        if not pending:
-            continue
-        log(f"confirm: {name} on {len(pending)} fresh seed(s)")
-        base = study.config(params, dict(overrides or {}))
-        results = trainer([base.replace(seed=s) for s in pending])
-        for seed, res in zip(pending, results, strict=True):
-            row: dict[str, Any] = {
-                "config": name,
-                "trial": "" if plan.trials.get(name) is None else plan.trials[name],
-                "params": json.dumps(params, sort_keys=True),
-                "seed": seed,
-                "error": "" if res.error is None else str(res.error).splitlines()[0],
-                **{k: repr(float(v)) for k, v in res.metrics.items()},
-            }
-            kept[(name, seed)] = row
-        _write(
-            path,
-            [kept[k] for k in sorted(kept, key=lambda k: (list(plan.configs).index(k[0]), k[1]))],
+        if same and seed in plan.seeds and under.isdigit() and int(under) in teachers:
+            kept[(name, int(under), seed)] = old
+    order = {name: i for i, name in enumerate(plan.configs)}
+    levels = obrien_fleming_levels(len(plan.looks))
+    rounds: list[Round] = []
+    for look, (upto, level) in enumerate(zip(plan.looks, levels, strict=True), start=1):
+        seeds = plan.seeds[:upto]
+        for name, params in plan.configs.items():
+            pending = [(t, s) for t in teachers for s in seeds if (name, t, s) not in kept]
+            if not pending:
+                continue
+            log(f"confirm: {name} on {_count(pending, teachers)}" + _of(look, plan.looks))
+            base = bases[name]
+            results = trainer([base.replace(teacher_seed=t, seed=s) for t, s in pending])
+            for (teacher, seed), res in zip(pending, results, strict=True):
+                kept[(name, teacher, seed)] = {
+                    "config": name,
+                    "trial": "" if plan.trials.get(name) is None else plan.trials[name],
+                    "params": json.dumps(params, sort_keys=True),
+                    "teacher_seed": teacher,
+                    "seed": seed,
+                    "error": "" if res.error is None else str(res.error).splitlines()[0],
+                    **{k: repr(float(v)) for k, v in res.metrics.items()},
+                }
+            _write(path, [kept[k] for k in sorted(kept, key=lambda k: (order[k[0]], *k[1:]))])
+        verdict = judge(
+            _values(plan, kept, teachers, seeds),
+            baseline=plan.baseline,
+            winner=plan.winner,
+            winner_search_value=plan.winner_search_value,
+            metric=study.metric,
+            seeds=seeds,
+            teachers=teachers,
+            alpha=level,
         )
-    values: dict[str, dict[str, list[float]]] = {}
-    for name in plan.configs:
-        rows = [kept[(name, s)] for s in plan.seeds]
-        keys = {k for r in rows for k in r} - set(_KEY_COLUMNS)
-        values[name] = {k: [_float(r.get(k)) for r in rows] for k in keys}
-    verdict = judge(
-        values,
-        baseline=plan.baseline,
-        winner=plan.winner,
-        winner_search_value=plan.winner_search_value,
-        metric=study.metric,
-        seeds=plan.seeds,
-    )
+        rounds.append(Round.of(verdict, look, level))
+        if rounds[-1].decided:
+            break
+    verdict = dataclasses.replace(verdict, rounds=tuple(rounds), looks=len(plan.looks))
     labels = {n: _label(p) for n, p in plan.configs.items()}
     atomic_write_text(out_dir / VERDICT_FILE, verdict_markdown(verdict, labels=labels))
     return verdict
+
+
+def _values(
+    plan: ConfirmPlan,
+    kept: Mapping[tuple[str, int, int], Mapping[str, Any]],
+    teachers: Sequence[int],
+    seeds: Sequence[int],
+) -> dict[str, dict[str, list[list[float]]]]:
+    """``values[config][metric]``: per teacher, the metric on each of ``seeds``."""
+    values: dict[str, dict[str, list[list[float]]]] = {}
+    for name in plan.configs:
+        rows = [[kept[(name, t, s)] for s in seeds] for t in teachers]
+        keys = {k for group in rows for r in group for k in r} - set(_KEY_COLUMNS)
+        values[name] = {k: [[_float(r.get(k)) for r in group] for group in rows] for k in keys}
+    return values
+
+
+def _of(look: int, looks: Sequence[int]) -> str:
+    return f" (round {look} of at most {len(looks)})" if len(looks) > 1 else ""
+
+
+def _count(pending: Sequence[tuple[int, int]], teachers: Sequence[int]) -> str:
+    """``10 fresh seed(s)`` or ``3 teachers x 10 fresh seeds`` (or a count of runs on resume)."""
+    seeds = {s for _, s in pending}
+    if len(teachers) == 1:
+        return f"{len(seeds)} fresh seed(s)"
+    if len(pending) == len(teachers) * len(seeds):
+        return f"{len(teachers)} teachers x {len(seeds)} fresh seeds"
+    return f"{len(pending)} (teacher, fresh seed) runs"
 
 
 def _float(value: Any) -> float:

@@ -57,6 +57,7 @@ def make_options(
     batch: int | None = None,
     confirm_top: int | None = None,
     confirm_seeds: int | None = None,
+    confirm_teachers: int | None = None,
 ) -> SearchOptions:
     """Validated :class:`SearchOptions` for ``study`` (``out_dir`` = ``<out>/<study name>``).
 
@@ -94,11 +95,13 @@ def make_options(
     batch = (study.batch if runner.batches else 1) if batch is None else batch
     confirm_top = study.confirm_top if confirm_top is None else confirm_top
     confirm_seeds = study.confirm_seeds if confirm_seeds is None else confirm_seeds
+    confirm_teachers = study.confirm_teachers if confirm_teachers is None else confirm_teachers
     for flag, value, low in (
         ("--seeds", seeds, 1),
         ("--batch", batch, 1),
         ("--confirm-top", confirm_top, 0),
         ("--confirm-seeds", confirm_seeds, 2 if confirm_top else 0),
+        ("--confirm-teachers", confirm_teachers, 1),
     ):
         if value < low:
             raise SearchInputError(f"{flag} must be at least {low}, got {value}")
@@ -127,6 +130,7 @@ def make_options(
         batch=batch,
         confirm_top=confirm_top,
         confirm_seeds=confirm_seeds,
+        confirm_teachers=confirm_teachers,
     )
 
 
@@ -194,12 +198,14 @@ def _confirm(
         top=opts.confirm_top or 0,
         seeds=opts.confirm_seeds or 0,
         search_seeds=trial_seeds(study, opts),
+        teachers=opts.confirm_teachers,
     )
     if plan is None:
         return None
+    under = f" under {plan.teachers} teachers" if plan.teachers > 1 else ""
     log(
         f"confirm: {len(plan.configs)} config(s) on {len(plan.seeds)} fresh seeds "
-        f"({plan.seeds[0]}..{plan.seeds[-1]})"
+        f"({plan.seeds[0]}..{plan.seeds[-1]}){under}"
     )
     verdict = run_confirm(study, plan, Path(opts.out_dir), overrides=opts.overrides, log=log)
     return verdict.to_dict()

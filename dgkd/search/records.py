@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dgkd.runtime import available_cores
+
 __all__ = [
     "FINAL_STATES",
     "INTERRUPTED",
@@ -57,7 +59,9 @@ class SearchOptions:
 
     trials: int  # total across all workers and restarts
     out_dir: Path  # runs/<study>/
-    workers: int = 1  # processes on this machine (Optuna backend)
+    # Processes on this machine (Optuna backend): by default one per usable core (--workers
+    # auto), so the bare command uses the machine; each trial runs on its config's threads.
+    workers: int = field(default_factory=available_cores)
     backend: str = "optuna"  # optuna | ray
     storage: str | None = None  # Optuna RDB URL or journal path; None = out_dir/journal.log
     address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a local cluster
@@ -71,13 +75,17 @@ class SearchOptions:
     batch: int | None = None  # trials trained as one population (Optuna); None = the study's
     confirm_top: int | None = None  # configs the confirm stage retrains; None = the study's
     confirm_seeds: int | None = None  # fresh seeds per config there; None = the study's
+    confirm_teachers: int | None = None  # teacher seeds those run under; None = the study's
 
 
 def option_default(name: str) -> Any:
-    """The default of the :class:`SearchOptions` field ``name`` (for flags and their help)."""
+    """The default of the :class:`SearchOptions` field ``name`` (for flags and their help);
+    one made by a factory is made now (``workers``: this machine's usable cores)."""
     for f in fields(SearchOptions):
         if f.name == name and f.default is not MISSING:
             return f.default
+        if f.name == name and f.default_factory is not MISSING:
+            return f.default_factory()
     raise KeyError(f"SearchOptions.{name} has no default")
 
 

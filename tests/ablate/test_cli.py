@@ -10,7 +10,7 @@ import pytest
 
 from dgkd.cli import ablate_main
 
-TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2"]
+TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2", "--teachers", "1"]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -82,7 +82,9 @@ def test_unknown_variant_lists_the_valid_ones(capsys, tmp_path):
     [
         (["--set", "epoch=3"], "unknown config field 'epoch'"),
         (["--set", "epochs=two"], "epochs must be of type int"),
-        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "0"], "argument --workers: expected a number of processes >= 1 or auto"),
+        (["--workers", "-1"], "argument --workers: expected a number of processes >= 1 or auto"),
+        (["--workers", "abc"], "or auto (the usable cores, 2 here), got 'abc' (see --help)"),
         (["--study", "no_such_study"], "unknown study 'no_such_study'"),
         (["--from-study", "no_such_study"], "unknown study 'no_such_study'"),
         (["--from-study", "smoke"], "no finished trials"),
@@ -91,8 +93,31 @@ def test_unknown_variant_lists_the_valid_ones(capsys, tmp_path):
         (["--address", "auto"], "--address is for --backend ray"),
     ],
 )
-def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, argv, expected):
+def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, usable_cores, argv, expected):
+    usable_cores(2)
     assert expected in _bad(capsys, tmp_path, "--variants", "kd", *argv)
+
+
+def test_workers_default_to_auto_the_usable_cores_on_the_local_backend(
+    capsys, tmp_path, monkeypatch, usable_cores
+):
+    import dgkd.ablate
+    from dgkd.ablate import AblateError, AblationOptions
+
+    usable_cores(3)
+    assert AblationOptions().workers == 3
+    assert AblationOptions(backend="ray").workers is None  # all in flight: Ray schedules them
+    seen = []
+
+    def stop(base, opts):
+        seen.append(opts.workers)
+        raise AblateError("stopped before training")
+
+    monkeypatch.setattr(dgkd.ablate, "preflight", stop)
+    for args in ([], ["--workers", "auto"], ["--workers", "5"], ["--workers", "1"]):
+        assert _run(capsys, "--variants", "kd", "--out", str(tmp_path), *args)[0] == 2
+    assert _run(capsys, "--backend", "ray", "--workers", "auto", "--out", str(tmp_path))[0] == 2
+    assert seen == [3, 3, 5, 1, None]
 
 
 def test_study_base_is_used_without_search(capsys, tmp_path):
@@ -140,8 +165,10 @@ def test_sigkilled_ablation_keeps_finished_cells_and_completes(tmp_path):
 
     entry = "import sys; from dgkd.cli import ablate_main; sys.exit(ablate_main(sys.argv[1:]))"
     # 3 variants x 6 seeds: two populations of 9 cells, each stored as soon as it finishes
+    # one process: a second one would finish the other population at the same time
     argv = ["--variants", "no_grad_term,minimize_mse", "--seeds", "6", "--out", str(tmp_path),
-            "--quiet", "--set", "epochs=6", "--set", "teacher_epochs=2"]  # fmt: skip
+            "--quiet", "--workers", "1", "--teachers", "1", "--set", "epochs=6",
+            "--set", "teacher_epochs=2"]  # fmt: skip
     cells = tmp_path / "ablate" / "default" / "cells"
     proc = subprocess.Popen([sys.executable, "-c", entry, *argv], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -161,3 +188,53 @@ def test_sigkilled_ablation_keeps_finished_cells_and_completes(tmp_path):
     assert all(after[name] == mtime for name, mtime in kept.items())  # finished cells not rerun
     with open(tmp_path / "ablate" / "default" / "runs.csv") as f:
         assert len(list(csv.DictReader(f))) == 18
+
+
+def _proc(pid: int, name: str) -> str:
+    """``/proc/<pid>/<name>``, or "" once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    stats = {int(p.name): _proc(int(p.name), "stat") for p in Path("/proc").iterdir()
+             if p.name.isdigit()}  # fmt: skip
+    return [c for c, st in stats.items() if st and int(st.rsplit(")", 1)[1].split()[1]) == pid]
+
+
+def _alive(pid: int) -> bool:
+    stat = _proc(pid, "stat")
+    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigkilled_ablation_leaves_no_pool_worker_behind(tmp_path):
+    """The process pool's workers end with their parent, even one killed by SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    entry = "import sys; from dgkd.cli import ablate_main; sys.exit(ablate_main(sys.argv[1:]))"
+    argv = ["--variants", "no_grad_term", "--seeds", "8", "--teachers", "1", "--workers", "2",
+            "--quiet", "--out", str(tmp_path), "--set", "epochs=30",
+            "--set", "teacher_epochs=2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", entry, *argv], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2:  # the pool's two workers started
+        assert proc.poll() is None and time.monotonic() < deadline
+        workers = [p for p in _children(proc.pid) if "spawn_main" in _proc(p, "cmdline")]
+        time.sleep(0.1)
+    time.sleep(1.0)  # let them take a population each
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "pool workers outlived their killed parent"

@@ -89,7 +89,7 @@ def test_interrupted_ablation_resumes_without_rerunning_finished_cells(tmp_path,
         run_ablation(base, opts(tmp_path, population=2))
     cells = tmp_path / "ablate" / "default" / "cells"
     finished = sorted(p.name for p in cells.glob("*.json"))
-    assert finished == ["full-seed0.json", "no_grad_term-seed0.json"]
+    assert finished == ["full-teacher0-seed0.json", "no_grad_term-teacher0-seed0.json"]
     assert not (cells.parent / "summary.csv").exists()  # no table from a partial ablation
     mtimes = {p: p.stat().st_mtime_ns for p in cells.glob("*.json")}
 
@@ -118,7 +118,7 @@ def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
     assert named.directory.name == "lr03" and named.ran == 2
     fresh = run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1, fresh=True))
     assert fresh.ran == 2 and fresh.moved_to is not None
-    assert (fresh.moved_to / "cells" / "kd-seed0.json").exists()  # old results kept aside
+    assert (fresh.moved_to / "cells" / "kd-teacher0-seed0.json").exists()  # old results kept aside
     manifest = fresh.directory / "config.json"
     info = json.loads(manifest.read_text())
     assert info["base_hash"] == other.hash
@@ -155,7 +155,7 @@ def test_diverged_cell_is_counted_and_shown(tmp_path, monkeypatch):
         "| minimize_mse | grad_sign = +1: minimize the gradient MSE | 1 (1 diverged) |"
         in (d / "summary.md").read_text()
     )
-    cell = json.loads((d / "cells" / "minimize_mse-seed1.json").read_text())
+    cell = json.loads((d / "cells" / "minimize_mse-teacher0-seed1.json").read_text())
     assert cell["status"] == "diverged" and cell["diverged"]["epoch"] == 2
     assert [row["epoch"] for row in cell["history"]] == [1]  # its curve up to the divergence
     # resuming keeps the divergence as a result instead of retrying it

@@ -4,6 +4,7 @@ registry and the one place options are validated."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -59,7 +60,8 @@ def test_grid_size_caps_the_total(tmp_path: Path) -> None:
     assert trial_total(study, SearchOptions(trials=2, out_dir=tmp_path)) == 2
 
 
-def test_registry_and_options_defaults(tmp_path: Path) -> None:
+def test_registry_and_options_defaults(tmp_path: Path, usable_cores: Callable[[int], None]) -> None:
+    usable_cores(3)
     assert backend_names() == ("optuna", "ray")
     assert get_backend("ray").uses_cluster and not get_backend("optuna").uses_cluster
     with pytest.raises(SearchInputError, match="unknown backend 'x'; choose one of: optuna, ray"):
@@ -67,7 +69,7 @@ def test_registry_and_options_defaults(tmp_path: Path) -> None:
     study = load_study("smoke")
     opts = make_options(study, out=tmp_path)
     assert opts.backend == option_default("backend") == "optuna"
-    assert (opts.workers, opts.cpus_per_trial, opts.gpus_per_trial) == (1, 1.0, 0.0)
+    assert (opts.workers, opts.cpus_per_trial, opts.gpus_per_trial) == (3, 1.0, 0.0)
     assert opts.trials == study.trials and opts.out_dir == tmp_path / "smoke"
     ray = make_options(study, out=tmp_path, backend="ray", cpus_per_trial=2, gpus_per_trial=0.5)
     assert (ray.cpus_per_trial, ray.gpus_per_trial) == (2.0, 0.5)

@@ -4,12 +4,15 @@ statistics against values worked by hand."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
 from dgkd.config import TrainConfig
 from dgkd.search.confirm import (
@@ -98,16 +101,16 @@ def test_run_confirm_writes_rows_and_a_verdict(tmp_path: Path) -> None:
     assert len(rows) == 3 * 4
     assert {int(r["seed"]) for r in rows} == set(plan.seeds)
     assert trainer.calls == [list(plan.seeds)] * 3  # one population per config
-    # epsilon 2 is +0.05 on every seed: a constant shift, p = 0, supported on val and test.
+    # epsilon 2 is +0.05 on every seed: a constant shift, p = 0, better on val and test.
     by = {(c.config, c.metric): c for c in v.comparisons}
     top = by[("trial 1", "val_acc")]
-    assert top.delta == pytest.approx(0.05) and top.p == 0.0 and top.verdict == "supported"
-    assert by[("trial 1", "train_nc1")].verdict == "supported"  # lower NC1 is better
-    assert by[("trial 1", "test_agreement")].verdict == "no difference"
+    assert top.delta == pytest.approx(0.05) and top.p == 0.0 and top.verdict == "better"
+    assert by[("trial 1", "train_nc1")].verdict == "better"  # lower NC1 is better
+    assert by[("trial 1", "test_agreement")].verdict == "equivalent"
     shifts = [(s % 7) / 100 for s in plan.seeds]
     assert v.winner_confirmed_value == pytest.approx(0.65 + sum(shifts) / 4)
     text = (tmp_path / VERDICT_FILE).read_text()
-    assert "trial 1 (epsilon=2)" in text and "supported" in text
+    assert "trial 1 (epsilon=2)" in text and "| better |" in text and "*equivalent*" in text
 
 
 def test_a_killed_confirm_stage_resumes_where_it_stopped(tmp_path: Path) -> None:
@@ -171,3 +174,183 @@ def test_without_a_baseline_the_verdict_only_reports_the_winner(tmp_path: Path) 
     assert v.comparisons == () and "no baseline" in v.headline
     data: dict[str, Any] = v.to_dict()
     assert data["winner"] == "trial 1"
+
+
+# --- several teachers -------------------------------------------------------------------------
+
+
+class TeacherTrainer(FakeTrainer):
+    """Metrics that depend on the teacher too: epsilon 2's gain is 0.05 under teacher 0, 0.01
+    under teacher 1 and 0.03 under teacher 2, plus seed noise shared by the pair."""
+
+    GAIN: ClassVar[dict[int, float]] = {0: 0.05, 1: 0.01, 2: 0.03}
+
+    def __call__(self, cfgs: list[TrainConfig]) -> list[FakeResult]:
+        self.calls.append([(c.teacher_seed, c.seed) for c in cfgs])  # type: ignore[misc]
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt
+        out = []
+        for c in cfgs:
+            m = fake_metrics(c.replace(epsilon=0.0))
+            m["val_acc"] += self.GAIN[c.teacher_seed] * c.epsilon / 2 + (c.seed % 3) / 1000
+            out.append(FakeResult(m))
+        return out
+
+
+def test_confirm_runs_every_seed_under_each_teacher_and_judges_across_them(
+    tmp_path: Path,
+) -> None:
+    study = load_study("eps_sweep")
+    assert study.confirm_teachers == 3
+    plan = plan_confirm(study, records(), top=1, seeds=3, search_seeds=[0, 1, 2, 3])
+    assert plan is not None and plan.teachers == 3
+    trainer = TeacherTrainer()
+    v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
+    pairs = [(t, s) for t in range(3) for s in plan.seeds]
+    assert trainer.calls == [pairs, pairs]  # baseline, trial 1: one call each, all teachers
+    rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
+    assert [(int(r["teacher_seed"]), int(r["seed"])) for r in rows] == pairs * 2
+    assert v.teachers == (0, 1, 2)
+    c = next(c for c in v.comparisons if c.config == "trial 1" and c.metric == "val_acc")
+    # per-teacher differences are exactly the gains (the seed noise is paired away)
+    gains = list(TeacherTrainer.GAIN.values())
+    assert c.delta == pytest.approx(sum(gains) / 3) and c.n_pairs == 9
+    assert c.p == pytest.approx(sps.ttest_1samp(gains, 0.0).pvalue, rel=1e-9)
+    assert c.sd_seed == pytest.approx(0.0, abs=1e-12)
+    assert c.sd_teacher == pytest.approx(float(np.std(gains, ddof=1)), rel=1e-6)
+    assert c.ci_low == pytest.approx(0.01) and c.ci_high == pytest.approx(0.05)  # teachers only
+    assert c.p > 0.05 and c.verdict == "inconclusive"  # the CI excludes 0, 3 teachers do not
+    assert "over 3 teachers x 3 fresh seeds" in v.headline
+    text = (tmp_path / VERDICT_FILE).read_text()
+    assert "each under teacher seeds 0, 1, 2: 3 teachers x 3 fresh seeds per config" in text
+    assert "| sd_teacher | sd_seed |" in text and f"{c.sd_teacher:.4f}" in text
+
+    # killed during the second config: its rows are redone, the baseline's kept, per teacher
+    with pytest.raises(KeyboardInterrupt):
+        run_confirm(study, plan, tmp_path / "k", trainer=TeacherTrainer(2), log=print)
+    again = TeacherTrainer()
+    resumed = run_confirm(study, plan, tmp_path / "k", trainer=again, log=print)
+    assert again.calls == [pairs]
+    assert resumed.to_dict() == v.to_dict()
+
+
+# --- rounds: a sequential confirm stage ---------------------------------------------------------
+
+
+def test_obrien_fleming_levels_match_the_published_boundaries() -> None:
+    from dgkd.sequential import obrien_fleming_levels
+
+    assert obrien_fleming_levels(1) == (0.05,)
+    # z boundaries 2.797, 1.977 (2 looks) and 3.471, 2.454, 2.004 (3 looks) at 0.05
+    z2 = [sps.norm.isf(p / 2) for p in obrien_fleming_levels(2)]
+    z3 = [sps.norm.isf(p / 2) for p in obrien_fleming_levels(3)]
+    assert z2 == pytest.approx([2.797, 1.977], abs=2e-3)
+    assert z3 == pytest.approx([3.471, 2.454, 2.004], abs=2e-3)
+    with pytest.raises(ValueError, match="looks"):
+        obrien_fleming_levels(0)
+
+
+class GainTrainer(FakeTrainer):
+    """val_acc = 0.6 + a per-seed shift shared by all configs + gain[epsilon] + noise[epsilon]."""
+
+    def __init__(self, gains: dict[float, float], noise: dict[float, float]) -> None:
+        super().__init__()
+        self.gains, self.noise = gains, noise
+
+    def __call__(self, cfgs: list[TrainConfig]) -> list[FakeResult]:
+        self.calls.append([c.seed for c in cfgs])
+        rng = np.random.default_rng
+        return [
+            FakeResult({"val_acc": 0.6 + (c.seed % 7) / 100 + self.gains.get(c.epsilon, 0.0)
+                        + self.noise.get(c.epsilon, 0.0) * rng(c.seed).normal()})
+            for c in cfgs
+        ]  # fmt: skip
+
+
+def _rounds_study(tmp_path: Path, round_: int):
+    path = tmp_path / "rounds.toml"
+    path.write_text(
+        'space = "eps"\nenqueue = [{ epsilon = 0.0 }]\n[confirm]\ntop = 1\nseeds = 10\n'
+        f'round = {round_}\n[base]\nmethod = "dgkd"\n'
+    )
+    return load_study(str(path))
+
+
+def test_a_clear_difference_stops_after_the_first_round(tmp_path: Path) -> None:
+    study = _rounds_study(tmp_path, 5)
+    plan = plan_confirm(study, records(), top=1, seeds=10, search_seeds=[0])
+    assert plan is not None and plan.looks == (5, 10)
+    trainer = GainTrainer({2.0: 0.05}, {})
+    v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
+    assert trainer.calls == [list(plan.seeds[:5])] * 2  # baseline and trial 1, round 1 only
+    assert [r.look for r in v.rounds] == [1] and v.rounds[0].decided
+    (c,) = v.rounds[0].comparisons
+    assert c.verdict == "better" and c.p_holm < v.rounds[0].level < 0.01
+    assert "(round 1 of at most 2)" in v.headline and v.seeds == plan.seeds[:5]
+    text = (tmp_path / VERDICT_FILE).read_text()
+    assert "## Rounds" in text and "O'Brien-Fleming" in text and "every verdict" in text
+
+
+def test_an_undecided_first_round_adds_seeds_and_judges_at_the_next_level(tmp_path: Path) -> None:
+    study = _rounds_study(tmp_path, 5)
+    plan = plan_confirm(study, records(), top=1, seeds=10, search_seeds=[0])
+    assert plan is not None
+    trainer = GainTrainer({2.0: 0.004}, {2.0: 0.01})  # small and noisy: not decided after 5
+    v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
+    assert trainer.calls == [list(plan.seeds[:5])] * 2 + [list(plan.seeds[5:])] * 2
+    assert [r.seeds for r in v.rounds] == [5, 10] and not v.rounds[0].decided
+    from dgkd.sequential import obrien_fleming_levels
+
+    assert [r.level for r in v.rounds] == list(obrien_fleming_levels(2)) and v.alpha == v.rounds[
+        1
+    ].level
+    rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
+    assert len(rows) == 20 and v.seeds == plan.seeds
+    text = (tmp_path / VERDICT_FILE).read_text()
+    assert text.count("| 1 | 5 |") == 1 and text.count("| 2 | 10 |") == 1
+    # one look with every seed: the same rows, judged at 0.05
+    single = run_confirm(_rounds_study(tmp_path, 0), dataclasses.replace(plan, round=0),
+                         tmp_path / "one", trainer=GainTrainer({2.0: 0.004}, {2.0: 0.01}),
+                         log=lambda _: None)  # fmt: skip
+    assert (
+        single.rounds[0].level == 0.05
+        and single.looks == 1
+        and "## Rounds" not in (tmp_path / "one" / VERDICT_FILE).read_text()
+    )
+
+
+def test_false_better_on_identical_configs_stays_at_or_below_five_percent(tmp_path: Path) -> None:
+    """The whole sequential procedure on two top configs identical to the baseline, with teacher
+    effects and a config x teacher interaction of mean 0: how often any config is called
+    better (Holm across the configs, O'Brien-Fleming across 2 looks, t-test on 3 teacher means)."""
+    study = _rounds_study(tmp_path, 5)
+    records2 = [TrialRecord(0, "COMPLETE", 0.6, {"epsilon": 0.0}),
+                TrialRecord(1, "COMPLETE", 0.7, {"epsilon": 1.0}),
+                TrialRecord(2, "COMPLETE", 0.65, {"epsilon": 2.0})]  # fmt: skip
+
+    class Null(FakeTrainer):
+        def __init__(self, rep: int) -> None:
+            super().__init__()
+            rng = np.random.default_rng(rep)
+            self.teacher = rng.normal(0, 0.01, size=3)
+            self.inter = {e: rng.normal(0, 0.002, size=3) for e in (0.0, 1.0, 2.0)}
+            self.rep = rep
+
+        def __call__(self, cfgs: list[TrainConfig]) -> list[FakeResult]:
+            out = []
+            for c in cfgs:
+                noise = np.random.default_rng([self.rep, c.teacher_seed, c.seed, int(c.epsilon)])
+                val = 0.9 + self.teacher[c.teacher_seed] + self.inter[c.epsilon][c.teacher_seed]
+                out.append(FakeResult({"val_acc": val + noise.normal(0, 0.004)}))
+            return out
+
+    reps, false_better, stopped_early = 300, 0, 0
+    for rep in range(reps):
+        plan = plan_confirm(study, records2, top=2, seeds=10, search_seeds=[0], teachers=3)
+        assert plan is not None
+        v = run_confirm(study, plan, tmp_path / str(rep), trainer=Null(rep), log=lambda _: None)
+        words = [c.verdict for c in v.comparisons if c.metric == "val_acc"]
+        false_better += "better" in words
+        stopped_early += len(v.rounds) == 1
+    assert false_better / reps <= 0.05, (false_better, stopped_early)
+    assert stopped_early > 0, (false_better, stopped_early)  # equivalent after the first look

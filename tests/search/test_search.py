@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -36,7 +38,9 @@ OUTPUTS = (
 
 
 def search(out: Path, *args: str) -> int:
-    return search_main(["--out", str(out), "--quiet", *args])
+    """dgkd-search in this process, on one worker (``args`` may ask for more): trial order,
+    sampler draws and pruning decisions are reproducible only with one process claiming."""
+    return search_main(["--out", str(out), "--quiet", "--workers", "1", *args])
 
 
 def trials(out: Path, study: str = "smoke") -> pd.DataFrame:
@@ -171,7 +175,9 @@ BAD_FILES = {
         (["--study", "smoke", "--trials", "0"], "--trials must be at least 1, got 0"),
         (["--study", "smoke", "--trials", "-3"], "--trials must be at least 1, got -3"),
         (["--study", "smoke", "--trials", "many"], "argument --trials: invalid int value"),
-        (["--study", "smoke", "--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--study", "smoke", "--workers", "0"], "argument --workers: expected a number of"),
+        (["--study", "smoke", "--workers", "-1"], "processes >= 1 or auto (the usable cores, "),
+        (["--study", "smoke", "--workers", "abc"], "or auto (the usable cores, 2 here), got 'abc'"),
         (["--study", "smoke", "--backend", "dask"], "unknown backend 'dask'; choose one of"),
         (["--study", "smoke", "--set", "bogus=1"], "unknown config field 'bogus'"),
         (["--study", "smoke", "--set", "epsilon=1"], "epsilon is set by the study's search"),
@@ -185,8 +191,13 @@ BAD_FILES = {
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    usable_cores: Callable[[int], None],
+    args: list[str],
+    message: str,
 ) -> None:
+    usable_cores(2)
     for name, text in BAD_FILES.items():
         _write(tmp_path / name, text)
     args = [str(tmp_path / a[1:]) if a.startswith("@") else a for a in args]
@@ -197,6 +208,47 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert message in err
     assert "secret" not in err
     assert not out.exists()
+
+
+def test_workers_default_to_auto_the_usable_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usable_cores: Callable[[int], None]
+) -> None:
+    usable_cores(3)
+    assert make_options(load_study("smoke"), out=tmp_path).workers == 3
+    seen: list[int] = []
+    monkeypatch.setattr("dgkd.search.run_search", lambda s, opts: seen.append(opts.workers) or [])
+    monkeypatch.setattr("dgkd.search.print_summary", lambda *args: None)
+    for args in ([], ["--workers", "auto"], ["--workers", "5"], ["--workers", "1"]):
+        assert search_main(["--out", str(tmp_path), "--study", "smoke", *args]) == 0
+    assert seen == [3, 3, 5, 1]
+
+
+def test_the_banner_states_the_threads_each_trial_trains_on(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    usable_cores: Callable[[int], None],
+) -> None:
+    import torch
+
+    import dgkd.train
+
+    usable_cores(3)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    seen: list[int] = []
+    real = dgkd.train._train_population
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dgkd.train, "_train_population", spy)
+    argv = ["--out", str(tmp_path), "--quiet", "--study", "smoke", "--trials", "1"]
+    assert search_main(argv) == 0  # the bare command: one trial to run, so one process
+    assert "1 worker(s) x 1 thread(s)" in capsys.readouterr().out  # the config's threads
+    assert search_main([*argv, "--set", "threads=0", "--fresh"]) == 0
+    assert "1 worker(s) x 3 thread(s)" in capsys.readouterr().out  # the process's share
+    assert seen == [1, 3]
 
 
 def test_resume_with_another_config_is_refused(

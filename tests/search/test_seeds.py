@@ -60,7 +60,7 @@ def test_pruning_at_the_seed_mean_stops_the_whole_trial(tiny: TrainConfig) -> No
 
 
 def search(out: Path, *args: str) -> int:
-    return search_main(["--out", str(out), "--quiet", "--study", "smoke", *args])
+    return search_main(["--out", str(out), "--quiet", "--study", "smoke", "--workers", "1", *args])
 
 
 def test_trials_csv_and_trial_seeds_csv_carry_the_seeds(tmp_path: Path) -> None:

@@ -6,14 +6,17 @@ of trials whose process stopped in :mod:`.workers`; this module puts them togeth
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from dgkd.runtime import threads_per_worker
+from dgkd.runtime import set_threads, threads_per_worker
 from dgkd.search.base import SearchBackend
 from dgkd.search.common import Log, grid_size, print_line, stop_interrupted, trial_total
 from dgkd.search.optuna.processes import run_processes
-from dgkd.search.optuna.records import to_records
+from dgkd.search.optuna.records import occupied, to_records
 from dgkd.search.optuna.recovery import recover
 from dgkd.search.optuna.storage import (
     check_storage,
@@ -28,9 +31,11 @@ from dgkd.search.records import SearchOptions, TrialRecord
 from dgkd.search.reporter import SearchReporter
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
     from dgkd.study import Study
 
-__all__ = ["OptunaBackend"]
+__all__ = ["OptunaBackend", "trial_threads"]
 
 
 class OptunaBackend(SearchBackend):
@@ -57,8 +62,21 @@ class OptunaBackend(SearchBackend):
             RuntimeError: a worker failed.
             KeyboardInterrupt: interrupted (the interrupted trials are re-enqueued).
         """
-        with Quiet(threads_per_worker(1) if opts.workers == 1 else None):
+        with Quiet(None):  # threads: set where the trials run (_run or each process)
             return _run(study, opts, log or print_line)
+
+
+def trial_threads(study: Study, opts: SearchOptions) -> int:
+    """The torch threads each trial trains on: its config's ``threads``, or with 0 the share of
+    the cores its worker process sets (what the banner states, so it must be this)."""
+    return study.check_overrides(opts.overrides).threads or threads_per_worker(opts.workers)
+
+
+def _processes(opts: SearchOptions, total: int, trials: Sequence[FrozenTrial]) -> int:
+    """``opts.workers``, but no more than there are trials (batches) left to claim: a process
+    that finds nothing to run would only have imported torch for nothing."""
+    left = max(1, total - occupied(trials))
+    return max(1, min(opts.workers, math.ceil(left / max(1, opts.batch or 1))))
 
 
 def _run(study: Study, opts: SearchOptions, log: Log) -> list[TrialRecord]:
@@ -67,9 +85,9 @@ def _run(study: Study, opts: SearchOptions, log: Log) -> list[TrialRecord]:
     ostudy = create_or_load(study, opts, storage)
     recovered = recover(ostudy, storage, journal=not is_url(opts.storage))
     grid, total = grid_size(study), trial_total(study, opts)
-
-    threads = threads_per_worker(opts.workers)
-    notes = [f"{opts.workers} worker(s) x {threads} thread(s)", f"storage {storage_label(opts)}"]
+    opts = replace(opts, workers=_processes(opts, total, ostudy.get_trials(deepcopy=False)))
+    notes = [f"{opts.workers} worker(s) x {trial_threads(study, opts)} thread(s)"]
+    notes.append(f"storage {storage_label(opts)}")
     if recovered:
         notes.append(f"re-enqueued interrupted trial(s) {', '.join(map(str, recovered))}")
     if grid and grid < opts.trials:
@@ -77,11 +95,15 @@ def _run(study: Study, opts: SearchOptions, log: Log) -> list[TrialRecord]:
     with SearchReporter(study, opts, total=total, log=log) as reporter:
         reporter.start(to_records(ostudy.get_trials(deepcopy=False)), note="; ".join(notes))
         try:
-            if opts.workers == 1:
+            if opts.workers == 1:  # here, on the threads a worker process would set
                 worker = Worker(
                     study, opts, total=total, index=0, storage=storage, on_change=reporter.update
                 )
-                worker.loop()
+                previous = set_threads(threads_per_worker(1))
+                try:
+                    worker.loop()
+                finally:
+                    set_threads(previous)
             else:
                 run_processes(study, opts, total, ostudy, reporter)
         except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import optuna
 
 from dgkd.config import ConfigError
 from dgkd.errors import one_line
-from dgkd.runtime import threads_per_worker
+from dgkd.runtime import die_with_parent, threads_per_worker
 from dgkd.search.optuna.records import to_records
 from dgkd.search.optuna.storage import open_storage
 from dgkd.search.optuna.workers import Quiet, Worker
@@ -32,30 +32,11 @@ __all__ = ["run_processes"]
 POLL_S = 0.5  # how often the parent of several workers reads the storage
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to send this worker SIGTERM when its parent dies (even by SIGKILL).
-
-    SIGTERM is what a worker already handles: its trial is marked interrupted and re-enqueued,
-    so a killed ``dgkd-search`` leaves no orphan training on and no trial stuck RUNNING. Elsewhere
-    (no prctl) the parent's own recovery on restart covers the same case.
-    """
-    import ctypes
-
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        sys.exit(130)
-
-
 def _worker_main(
     study: Study, opts: SearchOptions, total: int, index: int, errors: Any
 ) -> None:  # pragma: no cover - runs in a spawned process (covered by the subprocess tests)
     """Entry point of a spawned worker process."""
-    _die_with_parent()
+    die_with_parent()
     try:
         with Quiet(threads_per_worker(opts.workers)):
             Worker(study, opts, total=total, index=index, storage=open_storage(opts)).loop()

@@ -16,7 +16,8 @@ from dgkd import checkpoint as ckpt
 from dgkd.cli import search_main
 from dgkd.search.trialfiles import checkpoint_path
 
-ARGS = ["--quiet", "--study", "smoke", "--seeds", "2", "--confirm-top", "0"]
+# One process: the tests patch what a trial reports and count the epochs it trains, here.
+ARGS = ["--quiet", "--study", "smoke", "--seeds", "2", "--confirm-top", "0", "--workers", "1"]
 
 
 def _search(out: Path, *args: str) -> int:

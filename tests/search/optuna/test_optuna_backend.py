@@ -117,13 +117,15 @@ def test_two_workers_share_one_journal_and_stop_at_the_total(tmp_path: Path) -> 
 
 def test_killed_search_resumes_to_exactly_the_total(tmp_path: Path) -> None:
     study = unpruned_smoke(tmp_path)
-    proc = start(tmp_path, "--study", study, "--trials", "6", "--set", "epochs=12")
+    proc = start(
+        tmp_path, "--study", study, "--trials", "6", "--workers", "1", "--set", "epochs=12"
+    )
     wait_for(proc, tmp_path, finished=3, running=1)
     proc.kill()  # SIGKILL: no cleanup, the running trial is left RUNNING in the journal
     proc.wait()
     left = journal_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
     assert len(left) == 1
-    argv = ["--out", str(tmp_path), "--quiet", "--study", study, "--trials", "6"]
+    argv = ["--out", str(tmp_path), "--quiet", "--study", study, "--trials", "6", "--workers", "1"]
     assert search_main([*argv, "--set", "epochs=12"]) == 0
     frame = check_exact_total(tmp_path, 6)
     cut = frame[frame["number"] == left[0].number].iloc[0]
@@ -211,6 +213,7 @@ def test_heartbeat_stale_trial_is_failed_and_retried(
     monkeypatch.setattr(optuna_storage, "GRACE_PERIOD_S", 1)
     url = f"sqlite:///{tmp_path / 'hb.db'}"
     argv = ["--out", str(tmp_path), "--quiet", "--study", "smoke", "--storage", url]
+    argv += ["--workers", "1"]  # one process: the short heartbeat is patched into this one
     assert search_main([*argv, "--trials", "2"]) == 0
     opts = SearchOptions(trials=1, out_dir=tmp_path / "smoke", storage=url)
     study = optuna.load_study(study_name="smoke", storage=optuna_storage.open_storage(opts))
@@ -276,7 +279,8 @@ def test_grid_search_stops_when_the_grid_is_exhausted(
         '[space.epsilon]\ntype = "categorical"\nchoices = [0.0, 1.0, 2.0]\n'
         "[base]\nepochs = 2\nteacher_epochs = 2\n"
     )
-    assert search_main(["--out", str(tmp_path), "--quiet", "--study", str(path)]) == 0
+    argv = ["--out", str(tmp_path), "--quiet", "--study", str(path), "--workers", "1"]
+    assert search_main(argv) == 0  # one process: a grid drawn by several may repeat a point
     assert "the grid has only 3 points" in capsys.readouterr().out
     frame = pd.read_csv(tmp_path / "grid" / "trials.csv")
     assert sorted(frame["params_epsilon"]) == [0.0, 1.0, 2.0]
@@ -386,7 +390,7 @@ def test_postgresql_worker_killed_mid_trial_is_retried_through_its_heartbeat(
         Path(load_study("smoke").source).read_text().replace('"median"', '"none"')
     )
     args = ("--study", str(study_file), "--trials", "10", "--storage", postgres_url,
-            "--set", "epochs=12")  # fmt: skip
+            "--workers", "1", "--set", "epochs=12")  # fmt: skip
     procs = [start(tmp_path, *args) for _ in range(2)]  # two machines' worth of processes
     url = optuna_storage.driver_url(postgres_url)
     deadline = time.monotonic() + 120

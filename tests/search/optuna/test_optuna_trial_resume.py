@@ -24,7 +24,8 @@ from dgkd.search.trialfiles import (
     trial_checkpoint,
 )
 
-ARGS = ["--quiet", "--study", "smoke", "--trials", "1", "--seeds", "2"]
+# One process: the tests patch what a trial reports and count the epochs it trains, here.
+ARGS = ["--quiet", "--study", "smoke", "--trials", "1", "--seeds", "2", "--workers", "1"]
 SETS = ["--set", "epochs=5", "--set", "checkpoint_every=2"]
 
 

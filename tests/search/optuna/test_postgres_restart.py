@@ -53,7 +53,7 @@ def test_server_restarted_mid_search_loses_and_repeats_nothing(
         Path(load_study("smoke").source).read_text().replace('"median"', '"none"')
     )
     cmd = [sys.executable, "-c", CODE, "--out", str(tmp_path), "--quiet", "--study",
-           str(study_file), "--trials", "3", "--storage", server.url,
+           str(study_file), "--trials", "3", "--storage", server.url, "--workers", "1",
            "--set", "epochs=30"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = driver_url(server.url)

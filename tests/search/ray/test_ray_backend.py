@@ -418,3 +418,55 @@ def test_worker_killed_mid_trial_is_retried(cluster: str, tmp_path: Path) -> Non
         assert list(history["epoch"]) == list(range(1, epochs + 1))
     retried = glob.glob(str(tmp_path / "smoke" / "ray" / "smoke" / f"*{victim}*" / "error.*"))
     assert retried, "the killed trial left no error record: was it retried?"
+
+
+# --- one teacher per config, whichever backend trains it ------------------------------------------
+
+
+def test_ray_search_and_ablation_train_the_same_teacher_as_train(
+    cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The teacher a Ray worker trains (a search trial) or an ablation on Ray uses is, bit for
+    bit, the one ``train()`` trains in a cache of its own (tests/test_teacher_identity.py has
+    the other entry points)."""
+    import json as jsonlib
+
+    import dgkd.teacher as teacher_mod
+    from dgkd.ablate import AblationOptions, resolve_base, run_ablation
+    from dgkd.config import TrainConfig
+    from dgkd.teacher import teacher_key
+    from dgkd.train import train
+
+    cfg = TrainConfig(epochs=2, teacher_epochs=2)  # the smoke study's base
+
+    def sha_in(name: str, run) -> str:
+        cache = tmp_path / name
+        monkeypatch.setenv("DGKD_CACHE", str(cache))
+        monkeypatch.setattr(teacher_mod, "_MEMO", {})
+        run()
+        entries = list((cache / "teachers").glob("*.json"))
+        assert [p.stem for p in entries] == [teacher_key(cfg)]
+        return jsonlib.loads(entries[0].read_text())["sha256"]
+
+    study = load_study("smoke")
+    shas = {
+        "train()": sha_in("train", lambda: train(cfg)),
+        "ray search": sha_in(
+            "search", lambda: _run(study, _opts(tmp_path / "runs", study, 1, cluster))
+        ),
+        "ray ablation": sha_in(
+            "ablation",
+            lambda: run_ablation(
+                resolve_base(overrides={"epochs": 2, "teacher_epochs": 2}),
+                AblationOptions(
+                    variants=("ce",),
+                    seeds=1,
+                    teachers=1,
+                    backend="ray",
+                    address=cluster,
+                    out_dir=tmp_path / "ablate",
+                ),
+            ),
+        ),
+    }
+    assert len(set(shas.values())) == 1, shas
