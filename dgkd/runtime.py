@@ -112,17 +112,24 @@ def set_threads(threads: int) -> int:
     return previous
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to send this worker SIGTERM when its parent dies (even by SIGKILL).
 
     Called first in every spawned worker (search workers, the ablation's process pool), so a
     killed command leaves no orphan training on: a search worker handles SIGTERM (its trial is
     marked interrupted and re-enqueued), a pool worker just ends (its finished cells are stored
     already). Elsewhere (no prctl) a rerun's own recovery covers the same case.
+
+    Args:
+        parent: The parent's pid as the parent saw it (``os.getpid()`` there, passed to the
+            worker): a worker still starting up when its parent died has been adopted by then,
+            and only the pid the parent gave tells it. Default: the current parent.
     """
     import ctypes
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:  # the parent died while this worker was starting
+        sys.exit(130)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -11,6 +11,7 @@ divergence, which is an outcome) stops new populations from starting and is re-r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -74,10 +75,10 @@ def run_in_process(populations: Populations, finished: Finished) -> None:
         _report(cells, outcomes, finished)
 
 
-def _init_worker(threads: int) -> None:  # pragma: no cover - runs in a spawned process
+def _init_worker(threads: int, parent: int) -> None:  # pragma: no cover - a spawned process
     """A pool worker: end with the parent (a SIGKILLed ablation leaves no orphan training),
     on its share of the cores."""
-    die_with_parent()
+    die_with_parent(parent)
     set_threads(threads)
 
 
@@ -90,7 +91,7 @@ def run_processes(populations: Populations, finished: Finished, *, workers: int)
         max_workers=workers,
         mp_context=mp.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(threads_per_worker(workers),),
+        initargs=(threads_per_worker(workers), os.getpid()),
     )
     futures = {pool.submit(run_cells, _configs(cells)): cells for cells in populations}
     error: CellFailedError | None = None

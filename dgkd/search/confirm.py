@@ -28,7 +28,6 @@ from dgkd.sequential import obrien_fleming_levels
 
 if TYPE_CHECKING:
     from dgkd.study import Study
-    from dgkd.train import TrainResult
 
 __all__ = [
     "CONFIRM_FILE",
@@ -48,7 +47,9 @@ FIRST_CONFIRM_SEED = 10_000
 BASELINE = "baseline"
 _KEY_COLUMNS = ("config", "trial", "params", "teacher_seed", "seed", "error")
 
-Trainer = Callable[[Sequence[Any]], "list[TrainResult]"]
+# train_population, or anything returning per config an object with ``metrics`` and ``error``
+# (a dgkd.parallel.PopulationPool spreads the populations over processes).
+Trainer = Callable[[Sequence[Any]], Sequence[Any]]
 
 
 @dataclass(frozen=True)

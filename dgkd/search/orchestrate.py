@@ -207,7 +207,14 @@ def _confirm(
         f"confirm: {len(plan.configs)} config(s) on {len(plan.seeds)} fresh seeds "
         f"({plan.seeds[0]}..{plan.seeds[-1]}){under}"
     )
-    verdict = run_confirm(study, plan, Path(opts.out_dir), overrides=opts.overrides, log=log)
+    from dgkd.parallel import PopulationPool
+
+    # The confirm stage's populations (one per teacher) spread over the search's workers.
+    local = not get_backend(opts.backend).uses_cluster
+    with PopulationPool(opts.workers if local else 1) as pool:
+        verdict = run_confirm(
+            study, plan, Path(opts.out_dir), overrides=opts.overrides, trainer=pool, log=log
+        )
     return verdict.to_dict()
 
 

@@ -33,10 +33,10 @@ POLL_S = 0.5  # how often the parent of several workers reads the storage
 
 
 def _worker_main(
-    study: Study, opts: SearchOptions, total: int, index: int, errors: Any
+    study: Study, opts: SearchOptions, total: int, index: int, errors: Any, parent: int
 ) -> None:  # pragma: no cover - runs in a spawned process (covered by the subprocess tests)
     """Entry point of a spawned worker process."""
-    die_with_parent()
+    die_with_parent(parent)
     try:
         with Quiet(threads_per_worker(opts.workers)):
             Worker(study, opts, total=total, index=index, storage=open_storage(opts)).loop()
@@ -62,7 +62,7 @@ def run_processes(
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(study, opts, total, i, errors),
+            args=(study, opts, total, i, errors, os.getpid()),
             name=f"dgkd-search-{study.name}-{i}",
         )
         for i in range(opts.workers)
