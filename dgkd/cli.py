@@ -151,11 +151,11 @@ def _ablate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--teachers",
         type=int,
-        default=TEACHERS,
         metavar="N",
         help="teacher seeds per variant, teacher_seed..teacher_seed+N-1 (teacher_seed is 0 "
         f"unless --set); every seed runs under each; CIs resample teachers, then seeds "
-        f"(default {TEACHERS}; 1 = one teacher, one-level statistics)",
+        f"(default {TEACHERS}, or 1 with a teacher_checkpoint; 1 = one teacher, one-level "
+        "statistics)",
     )
     p.add_argument("--workers", type=parse_workers, metavar="N|auto", help="parallel processes "
                    f"(local; default auto: the usable cores, {available_cores()} here) or "

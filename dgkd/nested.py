@@ -177,8 +177,16 @@ def compare_grouped(
     """:func:`compare_paired` with the values grouped by teacher (``variant[t][i]`` pairs with
     ``reference[t][i]``): the difference is the mean over teachers of the mean paired
     difference, its CI the two-level bootstrap, p the paired t-test on the teacher-level means
-    (NaN with fewer than two teachers holding pairs), and the variance components of the
-    differences. One teacher gives exactly :func:`compare_paired`, plus ``sd_seed``."""
+    (NaN with fewer than two teachers holding pairs, and when the teacher means are equal while
+    the runs are not: the test's variance estimate is then 0, not a real certainty), and the
+    variance components of the differences.
+
+    ``equiv_low``/``equiv_high``, the bounds an equivalence verdict reads, are the wider of the
+    bootstrap CI and the t-interval on the teacher means (``teachers - 1`` degrees of freedom):
+    with three teachers the percentile bootstrap is about the range of the teacher means and
+    covers too rarely to call a difference negligible on its own. They are NaN (no equivalence)
+    when fewer than two teachers hold pairs. One teacher gives exactly :func:`compare_paired`,
+    plus ``sd_seed``."""
     if len(variant) != len(reference):
         raise ValueError("variant and reference must have the same teachers")
     diffs: list[np.ndarray] = []
@@ -197,13 +205,20 @@ def compare_grouped(
         one = compare_paired(variant[0], reference[0], higher_is_better=higher_is_better, seed=seed)
         return dataclasses.replace(one, sd_seed=sd_seed, n_teachers=1)
     means = np.array([d.mean() for d in held])
+    flat = np.concatenate(held) if held else np.empty(0)
+    low, high = hierarchical_bootstrap_ci(diffs, seed=seed)
+    eq_low = eq_high = math.nan
     if len(means) < 2:
         p = math.nan
+    elif np.all(flat == flat[0]):  # every pair the same difference: certain
+        p = 1.0 if flat[0] == 0 else 0.0
+        eq_low = eq_high = float(flat[0])
     elif np.all(means == means[0]):
-        p = 1.0 if means[0] == 0 else 0.0
+        p = math.nan
     else:
         p = float(sps.ttest_1samp(means, 0.0).pvalue)
-    low, high = hierarchical_bootstrap_ci(diffs, seed=seed)
+        half = float(sps.t.ppf((1 + CONFIDENCE) / 2, len(means) - 1) * sps.sem(means))
+        eq_low, eq_high = min(low, means.mean() - half), max(high, means.mean() + half)
     return PairedComparison(
         n_pairs=int(sum(len(d) for d in diffs)),
         delta=nested_mean(diffs),
@@ -214,4 +229,6 @@ def compare_grouped(
         sd_teacher=sd_teacher,
         sd_seed=sd_seed,
         n_teachers=len(held),
+        equiv_low=eq_low,
+        equiv_high=eq_high,
     )

@@ -79,6 +79,17 @@ class PairedComparison:
     sd_teacher: float = math.nan
     sd_seed: float = math.nan
     n_teachers: int = 1
+    # What an equivalence verdict reads: the CI itself with one teacher (None here), wider with
+    # several (dgkd.nested.compare_grouped).
+    equiv_low: float | None = None
+    equiv_high: float | None = None
+
+    @property
+    def equivalence_bounds(self) -> tuple[float, float]:
+        """The interval that must lie within ±rope for an equivalence verdict."""
+        if self.equiv_low is None or self.equiv_high is None:
+            return self.delta_ci_low, self.delta_ci_high
+        return self.equiv_low, self.equiv_high
 
 
 def _clean(values: ArrayLike) -> np.ndarray:
@@ -236,6 +247,7 @@ def verdict(
     higher_is_better: bool = True,
     rope: float = math.nan,
     alpha: float = ALPHA,
+    within: tuple[float, float] | None = None,
 ) -> str:
     """The word (:data:`VERDICT_WORDS`) for a paired difference with CI ``(low, high)`` and a
     corrected p-value.
@@ -243,9 +255,11 @@ def verdict(
     ``"better"`` / ``"worse"`` when the CI excludes zero *and* ``p_corrected < alpha`` (with few
     seeds or teachers the percentile bootstrap is narrow, so a CI alone is not trusted); else
     ``"equivalent"`` when the CI lies within ``[-rope, +rope]``; else ``"inconclusive"``;
-    ``"not checked"`` when the CI is undefined. A significant difference is named even inside
-    the rope: it is real, and its size is in the table beside the word. ``alpha`` is lower than
-    :data:`ALPHA` at the looks of a sequential design (:mod:`dgkd.sequential`).
+    ``"not checked"`` when the CI is undefined. ``within`` replaces the CI for the equivalence
+    check (:attr:`PairedComparison.equivalence_bounds`; NaN bounds: never equivalent). A
+    significant difference is named even inside the rope: it is real, and its size is in the
+    table beside the word. ``alpha`` is lower than :data:`ALPHA` at the looks of a sequential
+    design (:mod:`dgkd.sequential`).
     """
     if not (math.isfinite(low) and math.isfinite(high)):
         return "not checked"
@@ -253,6 +267,7 @@ def verdict(
     if beyond_ci and math.isfinite(p_corrected) and p_corrected < alpha:
         better = low > 0 if higher_is_better else high < 0
         return "better" if better else "worse"
-    if math.isfinite(rope) and -rope <= low and high <= rope:
+    eq_low, eq_high = (low, high) if within is None else within
+    if math.isfinite(rope) and -rope <= eq_low and eq_high <= rope:
         return "equivalent"
     return "inconclusive"

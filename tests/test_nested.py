@@ -115,3 +115,35 @@ def test_summarize_grouped_over_teachers() -> None:
     assert s.n == 24 and s.std == pytest.approx(flat.std(ddof=1))
     assert s.mean == pytest.approx(np.mean([g.mean() for g in GROUPS]))
     assert (s.ci_low, s.ci_high) == hierarchical_bootstrap_ci(GROUPS)
+
+
+def test_equal_teacher_means_are_not_certainty() -> None:
+    """Copies of one teacher (or teachers whose means happen to be equal) have no spread between
+    them: the t-test's variance would be 0 and its p 0. It reports no p instead, so the verdict
+    can never be better or worse on it."""
+    one = np.array([0.01, -0.02, 0.03, 0.0])
+    ref = np.zeros(4)
+    cmp = compare_grouped([one, one, one], [ref, ref, ref])
+    assert math.isnan(cmp.p) and cmp.delta == pytest.approx(one.mean())
+    shift = compare_grouped([ref + 0.01] * 3, [ref] * 3)  # every pair the same: certain
+    assert shift.p == 0.0 and shift.equivalence_bounds == pytest.approx((0.01, 0.01))
+
+
+def test_equivalence_reads_the_t_interval_on_teacher_means_too() -> None:
+    ref = [np.zeros(8)] * 3
+    var = [np.full(8, m) + RNG.normal(0, 0.001, 8) for m in (0.001, 0.003, 0.004)]
+    cmp = compare_grouped(var, ref)
+    means = [v.mean() for v in var]
+    half = sps.t.ppf(0.975, 2) * sps.sem(means)
+    low, high = cmp.equivalence_bounds
+    assert low == pytest.approx(min(cmp.delta_ci_low, np.mean(means) - half))
+    assert high == pytest.approx(max(cmp.delta_ci_high, np.mean(means) + half))
+    assert high - low > cmp.delta_ci_high - cmp.delta_ci_low  # wider than the bootstrap here
+    # one teacher holding pairs among several: no equivalence, whatever the CI
+    lone = compare_grouped([var[0], [math.nan] * 8, [math.nan] * 8], [ref[0]] * 3)
+    assert lone.n_teachers == 1 and all(math.isnan(b) for b in lone.equivalence_bounds)
+    from dgkd.stats import verdict
+
+    assert verdict(-0.001, 0.001, math.nan, rope=0.005, within=lone.equivalence_bounds) == (
+        "inconclusive"
+    )

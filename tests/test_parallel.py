@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dgkd.config import TrainConfig
+from dgkd.parallel import PopulationPool
+from dgkd.train import train_population
 
 
 def _numbers(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k != "duration_s"}  # all but the wall time
-
-
-from dgkd.parallel import PopulationPool
-from dgkd.train import train_population
 
 
 def test_pool_results_equal_train_population_in_order(tiny: TrainConfig) -> None:

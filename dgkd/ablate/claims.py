@@ -84,8 +84,9 @@ def check_claims(summary: Sequence[Mapping[str, Any]]) -> list[Claim]:
         delta = -row[f"{metric}_delta"]
         low, high = -row[f"{metric}_delta_ci_high"], -row[f"{metric}_delta_ci_low"]
         ms = METRICS[metric]
+        within = (-row[f"{metric}_equiv_high"], -row[f"{metric}_equiv_low"])
         word = verdict(low, high, row[f"{metric}_p_holm"], higher_is_better=ms.higher_is_better,
-                       rope=ms.rope)  # fmt: skip
+                       rope=ms.rope, within=within)  # fmt: skip
         out.append(
             Claim(
                 topic,

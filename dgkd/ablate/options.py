@@ -38,7 +38,9 @@ class AblationOptions:
 
     variants: tuple[str, ...] = tuple(VARIANTS)
     seeds: int = SEEDS  # cells run on seeds 0 .. seeds-1
-    teachers: int = TEACHERS  # under teacher seeds base.teacher_seed .. + teachers-1
+    # under teacher seeds base.teacher_seed .. + teachers-1; None = TEACHERS, or 1 when the
+    # base loads one teacher from a teacher_checkpoint
+    teachers: int | None = None
     # local: processes, None = auto (one per usable core); ray: populations in flight, None =
     # all of them (the cluster runs as many as it has CPUs for)
     workers: int | None = None
@@ -57,7 +59,7 @@ class AblationOptions:
             raise AblateError(
                 f"--seeds must be >= 1 ({SEEDS} or more for a CI worth reading), got {self.seeds}"
             )
-        if self.teachers < 1:
+        if self.teachers is not None and self.teachers < 1:
             raise AblateError(
                 f"--teachers must be >= 1 ({TEACHERS} or more to see the spread between "
                 f"teachers), got {self.teachers}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from dgkd.ablate.base import BaseConfig
 from dgkd.ablate.cells import Cell, CellResult, plan_cells
 from dgkd.ablate.errors import AblateError
-from dgkd.ablate.options import AblationOptions
+from dgkd.ablate.options import TEACHERS, AblationOptions
 from dgkd.ablate.store import ablation_dir, check_writable, load_finished
 from dgkd.ablate.variants import parse_variants
 
@@ -49,8 +49,10 @@ def preflight(base: BaseConfig, opts: AblationOptions) -> Plan:
     directory = ablation_dir(opts.out_dir, name)
     check_writable(directory)
     first = base.config.teacher_seed
-    teacher_seeds = tuple(range(first, first + opts.teachers))
-    if opts.teachers > 1 and base.config.teacher_checkpoint:
+    one = bool(base.config.teacher_checkpoint)
+    teachers = opts.teachers if opts.teachers is not None else (1 if one else TEACHERS)
+    teacher_seeds = tuple(range(first, first + teachers))
+    if teachers > 1 and one:
         raise AblateError(
             "teacher_checkpoint names one teacher, so --teachers must be 1 (or drop "
             "teacher_checkpoint to train one teacher per teacher seed)"

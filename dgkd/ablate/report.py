@@ -228,7 +228,7 @@ def summary_markdown(result: AblationResult) -> str:
             f"differences ({len(teachers) - 1} degrees of freedom), Holm = Holm-corrected "
             "across the variants of that metric; sd_teacher and sd_seed = the spread of the "
             "paired differences between teachers and between seeds of one teacher (one-way "
-            "random-effects ANOVA), in summary.csv and the test-accuracy table; "
+            "random-effects ANOVA), in summary.csv and every table below; "
         )
     lines = [
         f"# Ablation `{result.name}`",

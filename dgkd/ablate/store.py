@@ -37,7 +37,7 @@ __all__ = [
     "write_manifest",
 ]
 
-CELLS_DIR = "cells"  # one <variant>-seed<seed>.json per finished cell
+CELLS_DIR = "cells"  # one <variant>-teacher<teacher_seed>-seed<seed>.json per finished cell
 MANIFEST_FILE = "config.json"
 
 
@@ -78,12 +78,20 @@ def load_finished(
         old = info.get("base_hash")
         if old and old != base.hash:
             raise _changed(directory, name, f"hash {old}, now {base.hash}")
-        # Another version of the trainer may give other numbers for the same config.
-        was, now = info.get("versions", {}).get("dgkd"), versions().get("dgkd")
-        if was and now and was != now:
+        # Another version of the trainer (or of torch, which the teachers' bits depend on) may
+        # give other numbers for the same config.
+        for pkg in ("dgkd", "torch"):
+            was, now = info.get("versions", {}).get(pkg), versions().get(pkg)
+            if was and now and was != now:
+                raise BaseConfigChangedError(
+                    f"{directory} holds cells computed with {pkg} {was}, this is {pkg} {now}; "
+                    f"rerun with --fresh to move them aside, or pick another --name than {name!r}"
+                )
+        if info and "teacher_seeds" not in info:
             raise BaseConfigChangedError(
-                f"{directory} holds cells computed by dgkd {was}, this is dgkd {now}; rerun "
-                f"with --fresh to move them aside, or pick another --name than {name!r}"
+                f"{directory} holds cells from before teachers were a factor (one teacher, "
+                f"trained differently); rerun with --fresh to move them aside, or pick another "
+                f"--name than {name!r}"
             )
     done: dict[str, CellResult] = {}
     for cell in cells:
@@ -172,7 +180,7 @@ def manifest(
             "correction": "Holm across the variants, per metric",
             "p_improve": "Mann-Whitney U / (n_variant * n_full)",
         },
-        "teachers": opts.teachers,
+        "teachers": len(teacher_keys),
         "backend": opts.backend,
         "workers": opts.workers,
         "population": opts.population,  # most cells trained together

@@ -100,6 +100,9 @@ def summarize_cells(cells: Sequence[CellResult], variants: Sequence[str]) -> lis
                     f"{metric}_p_improve": cmp.p_improve if cmp else math.nan,
                     f"{metric}_sd_teacher": cmp.sd_teacher if cmp else math.nan,
                     f"{metric}_sd_seed": cmp.sd_seed if cmp else math.nan,
+                    # what an equivalence verdict reads (dgkd.nested.compare_grouped)
+                    f"{metric}_equiv_low": cmp.equivalence_bounds[0] if cmp else math.nan,
+                    f"{metric}_equiv_high": cmp.equivalence_bounds[1] if cmp else math.nan,
                 }
             )
         adjusted = holm([row[f"{metric}_p"] for row in rows])
@@ -114,6 +117,7 @@ def summarize_cells(cells: Sequence[CellResult], variants: Sequence[str]) -> lis
                     p,
                     higher_is_better=spec.higher_is_better,
                     rope=spec.rope,
+                    within=(row[f"{metric}_equiv_low"], row[f"{metric}_equiv_high"]),
                 )
             )
     for row in rows:  # last, so the leading columns stay as they were with one teacher

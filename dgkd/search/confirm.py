@@ -153,10 +153,10 @@ def run_confirm(
     log: Callable[[str], None] = print,
 ) -> Verdict:
     """Train every planned config on the plan's seeds under each of its teachers, in rounds, and
-    judge after each round; write ``confirm.csv`` after each config's runs, then ``verdict.md``.
+    judge after each round; write ``confirm.csv`` after each round's runs, then ``verdict.md``.
 
-    A round adds ``plan.round`` fresh seeds to every config (one call per config, a population
-    per teacher) and is a look of an O'Brien-Fleming group-sequential design
+    A round adds ``plan.round`` fresh seeds to every config (one trainer call for all of them, a
+    population per teacher) and is a look of an O'Brien-Fleming group-sequential design
     (:func:`dgkd.sequential.obrien_fleming_levels`): "better" and "worse" on the objective need the
     Holm-corrected p below that look's nominal level, so looking after every round keeps the
     rate of a false "better" at 5%. The stage stops at the first round where every top config's
@@ -183,28 +183,38 @@ def run_confirm(
     first = next(iter(bases.values())).teacher_seed
     teachers = tuple(range(first, first + plan.teachers))
     kept: dict[tuple[str, int, int], dict[str, Any]] = {}
+    stale = 0
     for old in _read(path):
-        name, seed, under = old["config"], int(old["seed"]), old.get("teacher_seed") or ""
+        name, seed, under = old["config"], int(old["seed"]), _int(old.get("teacher_seed"))
         same = name in plan.configs and same_params(json.loads(old["params"]), plan.configs[name])
-        if same and seed in plan.seeds and under.isdigit() and int(under) in teachers:
-            kept[(name, int(under), seed)] = old
+        if same and seed in plan.seeds and under in teachers:
+            kept[(name, under, seed)] = old
+        stale += under is None
+    if stale:
+        log(f"confirm: {stale} row(s) of {path} name no teacher (an older release); retraining")
     order = {name: i for i, name in enumerate(plan.configs)}
     levels = obrien_fleming_levels(len(plan.looks))
     rounds: list[Round] = []
     for look, (upto, level) in enumerate(zip(plan.looks, levels, strict=True), start=1):
         seeds = plan.seeds[:upto]
-        for name, params in plan.configs.items():
-            pending = [(t, s) for t in teachers for s in seeds if (name, t, s) not in kept]
-            if not pending:
-                continue
-            log(f"confirm: {name} on {_count(pending, teachers)}" + _of(look, plan.looks))
-            base = bases[name]
-            results = trainer([base.replace(teacher_seed=t, seed=s) for t, s in pending])
-            for (teacher, seed), res in zip(pending, results, strict=True):
+        # Every config's missing runs of this round in one call: configs that differ only in
+        # loss settings share a population per teacher, and the populations spread over the
+        # trainer's workers together.
+        pending = [
+            (name, t, s)
+            for name in plan.configs
+            for t in teachers
+            for s in seeds
+            if (name, t, s) not in kept
+        ]
+        if pending:
+            log(f"confirm: {_count(pending, teachers)}" + _of(look, plan.looks))
+            cfgs = [bases[name].replace(teacher_seed=t, seed=s) for name, t, s in pending]
+            for (name, teacher, seed), res in zip(pending, trainer(cfgs), strict=True):
                 kept[(name, teacher, seed)] = {
                     "config": name,
                     "trial": "" if plan.trials.get(name) is None else plan.trials[name],
-                    "params": json.dumps(params, sort_keys=True),
+                    "params": json.dumps(plan.configs[name], sort_keys=True),
                     "teacher_seed": teacher,
                     "seed": seed,
                     "error": "" if res.error is None else str(res.error).splitlines()[0],
@@ -249,14 +259,23 @@ def _of(look: int, looks: Sequence[int]) -> str:
     return f" (round {look} of at most {len(looks)})" if len(looks) > 1 else ""
 
 
-def _count(pending: Sequence[tuple[int, int]], teachers: Sequence[int]) -> str:
-    """``10 fresh seed(s)`` or ``3 teachers x 10 fresh seeds`` (or a count of runs on resume)."""
-    seeds = {s for _, s in pending}
+def _count(pending: Sequence[tuple[str, int, int]], teachers: Sequence[int]) -> str:
+    """``2 configs on 10 fresh seed(s)`` or ``2 configs x 3 teachers x 5 fresh seeds`` (or a
+    count of runs on resume)."""
+    configs, seeds = {c for c, _, _ in pending}, {s for _, _, s in pending}
+    head = f"{len(configs)} config(s)"
+    if len(pending) != len(configs) * len(teachers) * len(seeds):
+        return f"{head}, {len(pending)} (teacher, fresh seed) runs"
     if len(teachers) == 1:
-        return f"{len(seeds)} fresh seed(s)"
-    if len(pending) == len(teachers) * len(seeds):
-        return f"{len(teachers)} teachers x {len(seeds)} fresh seeds"
-    return f"{len(pending)} (teacher, fresh seed) runs"
+        return f"{head} on {len(seeds)} fresh seed(s)"
+    return f"{head} x {len(teachers)} teachers x {len(seeds)} fresh seeds"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _float(value: Any) -> float:

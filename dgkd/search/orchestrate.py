@@ -106,7 +106,12 @@ def make_options(
         if value < low:
             raise SearchInputError(f"{flag} must be at least {low}, got {value}")
     overrides = dict(overrides or {})
-    study.check_overrides(overrides)
+    base = study.check_overrides(overrides)
+    if confirm_top and confirm_teachers > 1 and base.teacher_checkpoint:
+        raise SearchInputError(
+            "teacher_checkpoint names one teacher, so the confirm stage cannot run under "
+            f"{confirm_teachers}; pass --confirm-teachers 1 (or drop teacher_checkpoint)"
+        )
     if mlflow is not None:
         _check_mlflow(mlflow)
     return SearchOptions(

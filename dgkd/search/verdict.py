@@ -219,6 +219,7 @@ def judge(
                             higher_is_better=higher,
                             rope=ms.rope,
                             alpha=alpha,
+                            within=cmp.equivalence_bounds,
                         ),
                         sd_teacher=cmp.sd_teacher,
                         sd_seed=cmp.sd_seed,

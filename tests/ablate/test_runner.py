@@ -124,7 +124,17 @@ def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
     assert info["base_hash"] == other.hash
     info["versions"]["dgkd"] = "0.0.1"  # cells of another release are not mixed in either
     manifest.write_text(json.dumps(info))
-    with pytest.raises(BaseConfigChangedError, match=r"computed by dgkd 0\.0\.1.*--fresh"):
+    with pytest.raises(BaseConfigChangedError, match=r"computed with dgkd 0\.0\.1.*--fresh"):
+        run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
+    info["versions"]["dgkd"] = None
+    info["versions"]["torch"] = "1.0.0"  # nor cells whose teachers another torch trained
+    manifest.write_text(json.dumps(info))
+    with pytest.raises(BaseConfigChangedError, match=r"computed with torch 1\.0\.0.*--fresh"):
+        run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
+    info["versions"]["torch"] = None
+    del info["teacher_seeds"]  # a directory from before teachers were a factor
+    manifest.write_text(json.dumps(info))
+    with pytest.raises(BaseConfigChangedError, match=r"before teachers were a factor.*--fresh"):
         run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
 
 

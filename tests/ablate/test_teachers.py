@@ -74,3 +74,13 @@ def test_three_teachers_three_seeds_from_the_command_line(capsys, tmp_path) -> N
     assert ablate_main(more) == 0
     assert "6 runs trained, 18 reused" in capsys.readouterr().err
     assert len(rows(d / "runs.csv")) == 24
+
+
+def test_a_teacher_checkpoint_is_one_teacher_by_default(tmp_path) -> None:
+    from dgkd.ablate import AblateError, AblationOptions, preflight, resolve_base
+
+    base = resolve_base(overrides={"teacher_checkpoint": str(tmp_path / "t.pt"), "epochs": 2})
+    assert preflight(base, AblationOptions(out_dir=tmp_path)).teacher_seeds == (0,)
+    assert len(preflight(resolve_base(), AblationOptions(out_dir=tmp_path)).teacher_seeds) == 3
+    with pytest.raises(AblateError, match="teacher_checkpoint names one teacher"):
+        preflight(base, AblationOptions(out_dir=tmp_path, teachers=2))

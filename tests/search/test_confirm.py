@@ -100,7 +100,7 @@ def test_run_confirm_writes_rows_and_a_verdict(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
     assert len(rows) == 3 * 4
     assert {int(r["seed"]) for r in rows} == set(plan.seeds)
-    assert trainer.calls == [list(plan.seeds)] * 3  # one population per config
+    assert trainer.calls == [list(plan.seeds) * 3]  # one call: the three configs' runs together
     # epsilon 2 is +0.05 on every seed: a constant shift, p = 0, better on val and test.
     by = {(c.config, c.metric): c for c in v.comparisons}
     top = by[("trial 1", "val_acc")]
@@ -115,16 +115,27 @@ def test_run_confirm_writes_rows_and_a_verdict(tmp_path: Path) -> None:
 
 def test_a_killed_confirm_stage_resumes_where_it_stopped(tmp_path: Path) -> None:
     study = load_study("smoke")
-    plan = plan_confirm(study, records(), top=2, seeds=3, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=2, seeds=4, search_seeds=[0])
     assert plan is not None
+    plan = dataclasses.replace(plan, round=2)  # two rounds of 2 seeds
+
+    class Noisy(FakeTrainer):  # small noisy gains: round 1 cannot decide, so round 2 runs
+        def __call__(self, cfgs: list[TrainConfig]) -> list[FakeResult]:
+            out = super().__call__(cfgs)
+            for c, r in zip(cfgs, out, strict=True):
+                r.metrics["val_acc"] += (
+                    0.02 * np.random.default_rng([c.seed, int(c.epsilon)]).normal()
+                )
+            return out
+
     with pytest.raises(KeyboardInterrupt):
-        run_confirm(study, plan, tmp_path, trainer=FakeTrainer(fail_on_call=2), log=print)
-    assert len(list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))) == 3  # the baseline
-    again = FakeTrainer()
+        run_confirm(study, plan, tmp_path, trainer=Noisy(fail_on_call=2), log=print)
+    assert len(list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))) == 3 * 2  # round 1 kept
+    again = Noisy()
     resumed = run_confirm(study, plan, tmp_path, trainer=again, log=print)
-    assert len(again.calls) == 2  # only the two configs that had not finished
-    fresh = run_confirm(study, plan, tmp_path / "clean", trainer=FakeTrainer(), log=print)
-    assert resumed.to_dict() == fresh.to_dict()
+    assert again.calls == [list(plan.seeds[2:]) * 3]  # only round 2
+    fresh = run_confirm(study, plan, tmp_path / "clean", trainer=Noisy(), log=print)
+    assert resumed.to_dict() == fresh.to_dict() and len(fresh.rounds) == 2
 
 
 def test_judge_matches_a_paired_t_test_and_holm_worked_by_hand() -> None:
@@ -207,7 +218,7 @@ def test_confirm_runs_every_seed_under_each_teacher_and_judges_across_them(
     trainer = TeacherTrainer()
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
     pairs = [(t, s) for t in range(3) for s in plan.seeds]
-    assert trainer.calls == [pairs, pairs]  # baseline, trial 1: one call each, all teachers
+    assert trainer.calls == [pairs + pairs]  # baseline and trial 1, every teacher: one call
     rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
     assert [(int(r["teacher_seed"]), int(r["seed"])) for r in rows] == pairs * 2
     assert v.teachers == (0, 1, 2)
@@ -224,14 +235,6 @@ def test_confirm_runs_every_seed_under_each_teacher_and_judges_across_them(
     text = (tmp_path / VERDICT_FILE).read_text()
     assert "each under teacher seeds 0, 1, 2: 3 teachers x 3 fresh seeds per config" in text
     assert "| sd_teacher | sd_seed |" in text and f"{c.sd_teacher:.4f}" in text
-
-    # killed during the second config: its rows are redone, the baseline's kept, per teacher
-    with pytest.raises(KeyboardInterrupt):
-        run_confirm(study, plan, tmp_path / "k", trainer=TeacherTrainer(2), log=print)
-    again = TeacherTrainer()
-    resumed = run_confirm(study, plan, tmp_path / "k", trainer=again, log=print)
-    assert again.calls == [pairs]
-    assert resumed.to_dict() == v.to_dict()
 
 
 # --- rounds: a sequential confirm stage ---------------------------------------------------------
@@ -282,7 +285,7 @@ def test_a_clear_difference_stops_after_the_first_round(tmp_path: Path) -> None:
     assert plan is not None and plan.looks == (5, 10)
     trainer = GainTrainer({2.0: 0.05}, {})
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
-    assert trainer.calls == [list(plan.seeds[:5])] * 2  # baseline and trial 1, round 1 only
+    assert trainer.calls == [list(plan.seeds[:5]) * 2]  # baseline and trial 1, round 1 only
     assert [r.look for r in v.rounds] == [1] and v.rounds[0].decided
     (c,) = v.rounds[0].comparisons
     assert c.verdict == "better" and c.p_holm < v.rounds[0].level < 0.01
@@ -297,7 +300,7 @@ def test_an_undecided_first_round_adds_seeds_and_judges_at_the_next_level(tmp_pa
     assert plan is not None
     trainer = GainTrainer({2.0: 0.004}, {2.0: 0.01})  # small and noisy: not decided after 5
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
-    assert trainer.calls == [list(plan.seeds[:5])] * 2 + [list(plan.seeds[5:])] * 2
+    assert trainer.calls == [list(plan.seeds[:5]) * 2, list(plan.seeds[5:]) * 2]
     assert [r.seeds for r in v.rounds] == [5, 10] and not v.rounds[0].decided
     from dgkd.sequential import obrien_fleming_levels
 
@@ -354,3 +357,20 @@ def test_false_better_on_identical_configs_stays_at_or_below_five_percent(tmp_pa
         stopped_early += len(v.rounds) == 1
     assert false_better / reps <= 0.05, (false_better, stopped_early)
     assert stopped_early > 0, (false_better, stopped_early)  # equivalent after the first look
+
+
+def test_rows_of_an_older_confirm_csv_without_a_teacher_are_retrained_and_said(
+    tmp_path: Path,
+) -> None:
+    study = load_study("smoke")
+    plan = plan_confirm(study, records(), top=1, seeds=2, search_seeds=[0])
+    assert plan is not None
+    old = 'config,trial,params,seed,error,val_acc\nbaseline,0,"{""epsilon"": 0.0}",10000,,0.5\n'
+    (tmp_path / CONFIRM_FILE).write_text(old)
+    lines: list[str] = []
+    trainer = FakeTrainer()
+    run_confirm(study, plan, tmp_path, trainer=trainer, log=lines.append)
+    assert any("1 row(s)" in line and "no teacher" in line for line in lines), lines
+    assert trainer.calls == [list(plan.seeds) * 2]  # the old row was not reused
+    rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
+    assert len(rows) == 4 and all(r["teacher_seed"] == "0" for r in rows)
