@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dgkd import metrics
 from dgkd.config import TrainConfig
-from dgkd.data import load_splits
 from dgkd.models import CNN1d, build_model
 from dgkd.teacher import load_teacher
+from dgkd.train import splits_for
 
 
 def reference_dkd_terms(
@@ -76,7 +76,8 @@ def plain_forward(model: nn.Module, x: Tensor) -> Tensor:
 def naive_trial(cfg: TrainConfig) -> dict[str, float]:
     """The same training as ``dgkd.train.train(cfg)`` for method dgkd, written plainly."""
     device = torch.device("cpu")
-    splits = load_splits(cfg.dataset, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
+    splits = splits_for(cfg)
+    val_x, val_y = splits.epoch_val_split  # per epoch, as dgkd's loop: a pool's prefix
     teacher = load_teacher(cfg, splits, device=device).model
     torch.manual_seed(cfg.seed)
     model = build_model(
@@ -115,8 +116,9 @@ def naive_trial(cfg: TrainConfig) -> dict[str, float]:
         sched.step()
         model.eval()
         with torch.no_grad():
-            val_acc = metrics.accuracy(plain_forward(model, splits.val_x), splits.val_y)
+            val_acc = metrics.accuracy(plain_forward(model, val_x), val_y)
     model.eval()
     with torch.no_grad():
+        val_acc = metrics.accuracy(plain_forward(model, splits.val_x), splits.val_y)
         test_acc = metrics.accuracy(plain_forward(model, splits.test_x), splits.test_y)
     return {"val_acc": val_acc, "test_acc": test_acc}

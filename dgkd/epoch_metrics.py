@@ -4,7 +4,9 @@ Recorded at every epoch (not only at the end) so that the seed's claims that are
 *course* of training, "faster neural collapse" above all, can be measured on the curve. Pure
 evaluation: the caller passes an eval-mode ``predict`` (no gradient, no BatchNorm update, no random
 numbers), so the training itself is unchanged; it costs one eval-mode forward over the training
-split per epoch on top of the validation pass.
+split per epoch on top of the validation pass. On an MNIST-1D validation pool the caller passes
+the pool's first :data:`dgkd.data.EPOCH_VAL_EXAMPLES` (``Splits.epoch_val_split``): the per-epoch
+``val_acc`` the pruner compares is that prefix's, the final one (``train``'s metrics) the pool's.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def epoch_metrics(
 
     Args:
         predict: Eval-mode logits and features of the K stacked members for inputs ``x``.
-        val: The validation inputs and labels (empty: ``val_acc``, ``val_ece`` are NaN).
+        val: The validation inputs and labels evaluated per epoch (a pool's prefix; empty:
+            ``val_acc``, ``val_ece`` are NaN).
         train: The un-augmented training inputs and labels (NC1 is measured on these, as the
             final ``train_nc1`` is).
         num_classes: The number of classes (NC1's normalization).

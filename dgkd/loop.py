@@ -176,9 +176,10 @@ def fit_population(
 
     The teacher's logits come from ``teacher_train_logits`` (indexed by example) when the
     training inputs are not augmented, else from a teacher forward pass on each member's batch.
-    ``report(i, epoch, row)`` is called after every epoch of member i; if it raises (e.g. to
-    prune), or member i's loss becomes non-finite, member i stops: its run keeps the exception
-    and its history, and it leaves the stacked tensors at the end of that epoch.
+    ``report(i, epoch, row)`` is called after every epoch of member i, with ``val_acc`` on
+    ``splits.epoch_val_split`` (a validation pool's prefix); if it raises (e.g. to prune), or
+    member i's loss becomes non-finite, member i stops: its run keeps the exception and its
+    history, and it leaves the stacked tensors at the end of that epoch.
 
     With ``checkpoint`` (and ``checkpoint_every`` > 0) the population saves its state there
     (:mod:`dgkd.checkpoint`), after resuming from a state saved by the same configs: the runs
@@ -204,7 +205,7 @@ def fit_population(
     augs = {i: torch.Generator(device=device).manual_seed(cfgs[i].seed + 1) for i in alive}
     runs = [MemberRun() for _ in cfgs]
     train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
-    val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
+    val_x, val_y = (t.to(device) for t in splits.epoch_val_split)  # a pool's prefix
     n = len(train_y)
     stats: dict[float, TeacherStats] = {}  # per temperature, once per run (cached logits only)
     if teacher_train_logits is not None:
@@ -335,7 +336,7 @@ def _rows(
         for values in (total / steps).tolist():
             row = {"epoch": float(epoch)}
             row.update(zip(keys, values, strict=True))
-            row["val_acc"] = float("nan")  # no validation split (val_fraction 0)
+            row["val_acc"] = float("nan")  # no validation split (val_fraction 0, no pool)
             rows.append(row)
     return rows
 

@@ -53,6 +53,11 @@ METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
         MetricSpec("test_acc", "test accuracy", True, True, _ACC),
+        # MNIST-1D's published test set, comparable with the literature (test_acc is on the
+        # 20,000-example generated pool); for image data the same as test_acc
+        MetricSpec(
+            "published_test_acc", "published test accuracy (1000 examples)", True, True, _ACC
+        ),
         MetricSpec("val_acc", "validation accuracy", True, True, _ACC, True, True),
         MetricSpec("test_agreement", "test agreement with the teacher", True, True, _ACC),
         # 0.01 nats: a tenth of what DGKD at epsilon 6 adds over DKD on the default setup
@@ -73,11 +78,13 @@ METRICS: dict[str, MetricSpec] = {
 
 # The metrics an ablation summarizes, in the order of its tables (nc1_auc: dgkd.ablate.curves).
 ABLATION_METRICS = (
-    "test_acc", "val_acc", "test_agreement", "test_kl_to_teacher", "test_ece", "train_nc1",
-    "nc1_auc",
+    "test_acc", "published_test_acc", "val_acc", "test_agreement", "test_kl_to_teacher",
+    "test_ece", "train_nc1", "nc1_auc",
 )  # fmt: skip
 # The metrics a confirm stage judges: the objective on validation, accuracy on test, and the
-# seed's claims (fidelity to the teacher, calibration, compactness).
+# seed's claims (fidelity to the teacher, calibration, compactness). Not published_test_acc: it
+# measures what test_acc measures, on 1000 examples instead of MNIST-1D's 20,000-example pool,
+# so its row could only be a noisier, more often inconclusive copy.
 VERDICT_METRICS = (
     "val_acc", "test_acc", "test_agreement", "test_kl_to_teacher", "test_ece", "train_nc1",
 )  # fmt: skip

@@ -31,7 +31,7 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
-from dgkd.data import Splits
+from dgkd.data import Splits, uses_val_pool
 from dgkd.io import atomic_write_bytes, atomic_write_json, cache_dir
 from dgkd.loop import fit, predict
 from dgkd.models import build_model, has_width
@@ -49,7 +49,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bump when the teacher's training code changes in a way that changes the weights it produces.
-_FORMAT = 3  # 2: im2col cnn1d, fused optimizers; 3: fixed threads, device type in the key
+# 2: im2col cnn1d, fused optimizers; 3: fixed threads, device type in the key; 4: the training
+# examples (whole set or carve) in the key instead of val_fraction and split_seed (MNIST-1D
+# validation pools)
+_FORMAT = 4
 # CPU threads the teacher trains and predicts on, whatever the calling command's: one, so a
 # teacher is the same on any machine and under any --workers (the thread count changes how
 # matrix products split their sums, hence the bits).
@@ -68,7 +71,8 @@ class TeacherBundle:
 
     model: nn.Module
     train_logits: Tensor  # eval-mode logits on splits.train_x (un-augmented)
-    test_logits: Tensor
+    test_logits: Tensor  # on splits.test_x (MNIST-1D: the test pool)
+    published_test_logits: Tensor  # on splits.published_test_x (test_logits when the same)
     key: str
     source: str  # "trained", "cache", "memory" or the checkpoint path
 
@@ -94,12 +98,27 @@ def teacher_config(cfg):
 
 
 # Fields of the teacher's TrainConfig that determine its weights (not where files live, not the
-# device, not the distillation settings).
+# device, not the distillation settings); which examples it trains on is _train_examples'.
 _KEY_FIELDS = (
-    "dataset", "val_fraction", "split_seed", "student", "student_width", "epochs", "lr",
-    "optimizer", "momentum", "weight_decay", "schedule", "milestones", "gamma", "batch_size",
-    "seed", "amp",
+    "dataset", "student", "student_width", "epochs", "lr", "optimizer", "momentum",
+    "weight_decay", "schedule", "milestones", "gamma", "batch_size", "seed", "amp",
 )  # fmt: skip
+
+
+def _train_examples(cfg) -> list:
+    """Which training examples a run of ``cfg`` trains on: ``["all"]`` (MNIST-1D validating on
+    its pool, or no validation carved) or the carve's fraction and seed. The validation and test
+    splits are only evaluated, so they change no weights: not the pools' sizes, nor which
+    fraction and seed a pool run would have carved with."""
+    if uses_val_pool(cfg.dataset, cfg.val_pool) or cfg.val_fraction == 0:
+        return ["all"]
+    return [cfg.val_fraction, cfg.split_seed]
+
+
+def _split_identity(cfg) -> tuple:
+    """What decides the examples of the splits a bundle holds logits on (train and test)."""
+    test = cfg.test_pool if cfg.dataset == "mnist1d" else 0  # image data ignore the pools
+    return (cfg.dataset, *_train_examples(cfg), test)
 
 
 def teacher_key(cfg) -> str:
@@ -107,6 +126,7 @@ def teacher_key(cfg) -> str:
     tcfg = teacher_config(cfg)
     spec = {name: getattr(tcfg, name) for name in _KEY_FIELDS}
     spec["milestones"] = list(spec["milestones"])
+    spec["train_examples"] = _train_examples(tcfg)
     spec["format"] = _FORMAT
     spec["device"] = _device_type(cfg.device)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -144,10 +164,9 @@ def load_teacher(
         TeacherError: ``cfg.teacher_checkpoint`` is missing, unreadable or does not fit.
     """
     key = cfg.teacher_checkpoint or teacher_key(cfg)
-    # The logits depend on the split and the architecture too, which a checkpoint path alone
-    # does not fix.
-    split = (cfg.dataset, cfg.val_fraction, cfg.split_seed, cfg.teacher, cfg.teacher_width)
-    memo_key = (key, *split, str(device))
+    # The logits depend on the splits and the architecture too, which a checkpoint path alone
+    # does not fix (nor the key: the test pool changes no weights, but every test logit).
+    memo_key = (key, *_split_identity(cfg), cfg.teacher, cfg.teacher_width, str(device))
     if memo_key in _MEMO:
         return dataclasses.replace(_MEMO[memo_key], source="memory")
     with _teacher_threads():
@@ -180,10 +199,15 @@ def _load(cfg, key: str, splits: Splits, device: torch.device, progress: bool) -
         model.load_state_dict(state)
     model = model.to(device).eval().requires_grad_(False)
     kw = {"device": device, "batch_size": cfg.eval_batch_size, "amp": cfg.amp}
+    test_logits = predict(model, splits, splits.test_x, **kw)[0]
+    published = splits.published_test_x
     return TeacherBundle(
         model=model,
         train_logits=predict(model, splits, splits.train_x, **kw)[0],
-        test_logits=predict(model, splits, splits.test_x, **kw)[0],
+        test_logits=test_logits,
+        published_test_logits=(
+            test_logits if splits.published_is_test else predict(model, splits, published, **kw)[0]
+        ),
         key=key,
         source=source,
     )

@@ -29,8 +29,8 @@ def _warm_configs() -> list:
     """The teachers of the selected training tests (``tiny`` and its no-validation variant)."""
     from dgkd.config import TrainConfig
 
-    tiny = TrainConfig(teacher_epochs=2)
-    return [tiny, tiny.replace(val_fraction=0.0, teacher_width=16)]
+    tiny = TrainConfig(teacher_epochs=2, val_pool=200, test_pool=400)  # tests/conftest.py
+    return [tiny, tiny.replace(val_pool=0, val_fraction=0.0, teacher_width=16)]
 
 
 def _own_file(mutant: str) -> str | None:

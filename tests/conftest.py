@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from fakes import TINY_POOLS
 
 from dgkd.config import TrainConfig
 
@@ -38,8 +39,9 @@ def dgkd_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def tiny() -> TrainConfig:
-    """Default MNIST-1D setup trained for 2 epochs (teacher too): well under a second a run."""
-    return TrainConfig(epochs=2, teacher_epochs=2)
+    """Default MNIST-1D setup trained for 2 epochs (teacher too), validated and tested on small
+    generated pools (:data:`fakes.TINY_POOLS`): well under a second a run."""
+    return TrainConfig(epochs=2, teacher_epochs=2, **TINY_POOLS)
 
 
 @pytest.fixture

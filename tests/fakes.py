@@ -6,6 +6,12 @@ import torch
 
 from dgkd.data import Splits
 
+# MNIST-1D pools for tiny test runs: 600 examples generate in a fraction of a second, where the
+# defaults' 30,000 take seconds once per session and every run would evaluate them.
+TINY_POOLS = {"val_pool": 200, "test_pool": 400}
+# The same as command-line options.
+TINY_POOL_ARGS = ["--set", "val_pool=200", "--set", "test_pool=400"]
+
 
 def image_splits(train: int) -> Splits:
     """A tiny CIFAR-shaped dataset of random uint8 images (8 validation, 8 test), augmented as

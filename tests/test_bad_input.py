@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fakes import TINY_POOL_ARGS
 
 from dgkd.cli import ablate_main, search_main, train_main
 
-TINY = ["--set", "epochs=1", "--set", "teacher_epochs=1"]
+TINY = ["--set", "epochs=1", "--set", "teacher_epochs=1", *TINY_POOL_ARGS]
 
 
 def _study(tmp: Path, text: str, name: str = "mine") -> str:
@@ -23,7 +24,8 @@ def _good_study(**changes: str) -> str:
     keys = {"space": '"eps"', "sampler": '"tpe"', "pruner": '"median"', "trials": "2"}
     keys.update(changes)
     head = "\n".join(f"{k} = {v}" for k, v in keys.items())
-    return f'{head}\n\n[base]\nmethod = "dgkd"\nepochs = 1\nteacher_epochs = 1\n'
+    base = 'method = "dgkd"\nepochs = 1\nteacher_epochs = 1\nval_pool = 200\ntest_pool = 400\n'
+    return f"{head}\n\n[base]\n{base}"
 
 
 # (id, command, argv builder(tmp) -> list[str], exit code, words the error line must contain)

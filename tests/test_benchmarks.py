@@ -31,7 +31,7 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
     assert "2 cores" in text or "cores" in text  # the machine description is recorded
     assert "aten ops per call" in text and "dgkd step: loss forward" in text
     assert "end-of-epoch evaluation (epoch_metrics)" in text and "% of the run" in text
-    assert "nc1 of the training features (3200, 120), 10 classes" in text
+    assert "nc1 of the training features (4000, 120), 10 classes" in text
     assert "median pruner" in text and "2 workers / 1 worker" in text
     assert "dgkd-ablate / train() per cell" in text
     assert "identical test accuracy in 8 of 8 cells" in text

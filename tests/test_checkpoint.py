@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from fakes import image_splits
+from fakes import TINY_POOL_ARGS, image_splits
 
 from dgkd import checkpoint as ckpt
 from dgkd.checkpoint import STATE_GLOB, Checkpoint, StoppedError
@@ -173,7 +173,7 @@ def kill(epoch, row):
     if epoch == 3:
         os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = TrainConfig(epochs=5, teacher_epochs=2, checkpoint_every=2)
+cfg = TrainConfig(epochs=5, teacher_epochs=2, checkpoint_every=2, val_pool=200, test_pool=400)
 train(cfg, report=kill, checkpoint=sys.argv[1])
 """
 
@@ -243,7 +243,7 @@ def _json_metrics(out: str) -> dict[str, float]:
 def test_dgkd_train_resumes_when_rerun_after_sigterm(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    argv = ["--json", "--set", "epochs=5", "--set", "teacher_epochs=2"]
+    argv = ["--json", "--set", "epochs=5", "--set", "teacher_epochs=2", *TINY_POOL_ARGS]
     assert train_main(argv) == 0  # no --out: no checkpoint
     plain = _json_metrics(capsys.readouterr().out)
     out = tmp_path / "run"

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from contracts import FINAL_METRICS
+from fakes import TINY_POOL_ARGS
 
 from dgkd.cli import train_main
 from dgkd.loop import DivergedError
 
-TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2"]
+TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2", *TINY_POOL_ARGS]
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -41,7 +42,8 @@ def test_json_output(capsys) -> None:
 
 
 def test_json_output_has_null_for_missing_val(capsys) -> None:
-    code = train_main(["--json", *TINY, "--set", "val_fraction=0", "--set", "teacher_width=16"])
+    args = ["--set", "val_pool=0", "--set", "val_fraction=0", "--set", "teacher_width=16"]
+    code = train_main(["--json", *TINY, *args])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert metrics["val_acc"] is None and metrics["test_acc"] > 0

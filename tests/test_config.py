@@ -23,6 +23,18 @@ from dgkd.config import (
 BOUNDARIES = [
     ("val_fraction", 0.0, -0.01, "val_fraction must be in [0, 1), got -0.01"),
     ("val_fraction", 0.999, 1.0, "val_fraction must be in [0, 1), got 1.0"),
+    *[
+        (
+            name,
+            0,
+            -10,
+            f"{name} must be 0 or a positive multiple of 10 (as many examples of "
+            "each class), e.g. 10000, got -10",
+        )
+        for name in ("val_pool", "test_pool")
+    ],
+    ("val_pool", 10, 15, "val_pool must be 0 or a positive multiple of 10"),
+    ("test_pool", 20_000, 20_001, "test_pool must be 0 or a positive multiple of 10"),
     ("temperature", 1e-6, 0.0, "temperature must be > 0, got 0.0"),
     ("lr", 1e-9, 0.0, "lr must be > 0, got 0.0"),
     ("teacher_lr", 0.0, -1e-9, "teacher_lr must be >= 0 (0 = same as lr), got -1e-09"),

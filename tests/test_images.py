@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchvision.datasets.cifar
 import torchvision.datasets.svhn
 
+from dgkd.data import load_splits
 from dgkd.images import (
     IMAGE_DATASETS,
     DatasetMissingError,
@@ -147,6 +148,21 @@ def test_cifar10_round_trip(tmp_path: Path) -> None:
     assert torch.equal(arr.train_x, torch.from_numpy(x.reshape(-1, 3, 32, 32)))
     assert torch.equal(arr.test_x, torch.from_numpy(tx.reshape(-1, 3, 32, 32)))
     assert arr.train_y.tolist() == y.tolist() and arr.test_y.tolist() == ty.tolist()
+
+
+@pytest.mark.usefixtures("skip_md5")
+def test_image_data_ignore_the_mnist1d_pools(tmp_path: Path) -> None:
+    """Validation carved by val_fraction, the published test set as the test split, whatever
+    val_pool and test_pool say."""
+    *_, tx, _ = _write_cifar10(tmp_path, np.random.default_rng(0))
+    old = load_splits("cifar10", data_root=tmp_path, val_fraction=0.2, val_pool=0, test_pool=0)
+    pooled = load_splits("cifar10", data_root=tmp_path, val_fraction=0.2)  # default pools
+    assert (len(pooled.train_y), len(pooled.val_y), len(pooled.test_y)) == (24, 6, N_TEST)
+    for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert torch.equal(getattr(pooled, name), getattr(old, name)), name
+    assert torch.equal(pooled.test_x, torch.from_numpy(tx.reshape(-1, 3, 32, 32)))
+    assert pooled.published_is_test and pooled.epoch_val == 0
+    assert torch.equal(pooled.epoch_val_split[0], pooled.val_x)
 
 
 @pytest.mark.usefixtures("skip_md5")

@@ -80,7 +80,7 @@ import torch
 torch.set_num_threads(1)
 from dgkd.config import TrainConfig
 from dgkd.train import train_population
-cfgs = [TrainConfig(epochs=2, teacher_epochs=2, seed=s, method=m)
+cfgs = [TrainConfig(epochs=2, teacher_epochs=2, val_pool=200, test_pool=400, seed=s, method=m)
         for s, m in ((0, "dgkd"), (1, "ce"), (2, "kd"))]
 print(json.dumps([r.metrics for r in train_population(cfgs)]))
 """

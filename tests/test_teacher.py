@@ -17,10 +17,9 @@ import torch
 
 import dgkd.teacher as teacher_mod
 from dgkd.config import TrainConfig
-from dgkd.data import load_splits
 from dgkd.models import build_model
 from dgkd.teacher import TeacherError, load_teacher, teacher_key
-from dgkd.train import train
+from dgkd.train import splits_for, train
 
 CPU = torch.device("cpu")
 
@@ -30,12 +29,12 @@ _LOAD_SCRIPT = """
 import hashlib, json, sys, time
 from pathlib import Path
 import torch
-from dgkd.data import load_splits
 from dgkd.teacher import load_teacher
 from dgkd.config import TrainConfig
+from dgkd.train import splits_for
 
 cfg = TrainConfig(**json.loads(sys.argv[1]))
-splits = load_splits(cfg.dataset, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
+splits = splits_for(cfg)
 if len(sys.argv) > 2:
     Path(sys.argv[2]).touch()
     while not Path(sys.argv[3]).exists():
@@ -58,7 +57,7 @@ def _entry(cache: Path, cfg: TrainConfig) -> tuple[Path, Path]:
 
 
 def _splits(cfg: TrainConfig):
-    return load_splits(cfg.dataset, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
+    return splits_for(cfg)
 
 
 def _spawn(cfg: TrainConfig, *barrier: Path) -> subprocess.Popen:
@@ -114,8 +113,7 @@ def test_cache_key_tracks_only_what_shapes_the_teacher(tiny: TrainConfig) -> Non
         {"teacher": "mlp"},
         {"teacher_seed": 1},
         {"teacher_lr": 0.03},
-        {"val_fraction": 0.1},
-        {"split_seed": 1},
+        {"val_pool": 0},  # the old protocol: trains on 3200 examples (a carve), not 4000
         {"dataset": "cifar10", "teacher": "resnet8", "student": "resnet8"},
     ):
         assert teacher_key(tiny.replace(**changes)) != key, changes
@@ -133,8 +131,41 @@ def test_cache_key_tracks_only_what_shapes_the_teacher(tiny: TrainConfig) -> Non
         {"device": "cpu"},
         {"data_root": "/elsewhere"},
         {"teacher_lr": TrainConfig().lr},  # explicit teacher lr equal to the student's: same recipe
+        # Evaluated, never trained on: the pools' sizes, and the carve a pool replaces.
+        {"val_pool": 1000},
+        {"test_pool": 0},
+        {"test_pool": 1000},
+        {"val_fraction": 0.1},
+        {"split_seed": 1},
+        {"val_pool": 0, "val_fraction": 0.0},  # no carve: the same 4000 training examples
     ):
         assert teacher_key(tiny.replace(**changes)) == key, changes
+
+
+def test_under_the_old_protocol_the_carve_keys_the_teacher(tiny: TrainConfig) -> None:
+    old = tiny.replace(val_pool=0)
+    key = teacher_key(old)
+    for changes in ({"val_fraction": 0.1}, {"split_seed": 1}):
+        assert teacher_key(old.replace(**changes)) != key, changes
+    assert teacher_key(old.replace(test_pool=0)) == key
+    # Image data ignore the pools: no pool value changes their teacher.
+    image = tiny.replace(dataset="cifar10", teacher="resnet8", student="resnet8")
+    for changes in ({"val_pool": 0}, {"test_pool": 0}, {"val_pool": 1000}):
+        assert teacher_key(image.replace(**changes)) == teacher_key(image), changes
+    assert teacher_key(image.replace(val_fraction=0.1)) != teacher_key(image)
+
+
+def test_the_memo_keeps_logits_per_test_split(tiny: TrainConfig) -> None:
+    """One teacher (one key), two test pools: each request gets logits on its own test split."""
+    first = load_teacher(tiny, _splits(tiny), device=CPU)
+    other_cfg = tiny.replace(test_pool=200)
+    other = load_teacher(other_cfg, _splits(other_cfg), device=CPU)
+    assert teacher_key(other_cfg) == teacher_key(tiny) and other.source != "memory"
+    assert len(first.test_logits) == 400 and len(other.test_logits) == 200
+    assert len(first.published_test_logits) == len(other.published_test_logits) == 1000
+    assert torch.equal(first.published_test_logits, other.published_test_logits)
+    again = load_teacher(tiny.replace(seed=5), _splits(tiny), device=CPU)
+    assert again.source == "memory" and again.test_logits is first.test_logits
 
 
 def _truncate(path: Path) -> None:
@@ -214,10 +245,12 @@ def test_teacher_checkpoint_loads_state_dict(tiny: TrainConfig, tmp_path: Path) 
 def test_same_checkpoint_on_another_split(tiny: TrainConfig, tmp_path: Path) -> None:
     path = tmp_path / "teacher.pt"
     torch.save(load_teacher(tiny, _splits(tiny), device=CPU).model.state_dict(), path)
-    cfg = tiny.replace(teacher_checkpoint=str(path))
+    cfg = tiny.replace(teacher_checkpoint=str(path), val_pool=0)
     assert len(load_teacher(cfg, _splits(cfg), device=CPU).train_logits) == 3200
-    other = cfg.replace(val_fraction=0.0)
-    assert len(load_teacher(other, _splits(other), device=CPU).train_logits) == 4000
+    other = cfg.replace(val_fraction=0.1)
+    assert len(load_teacher(other, _splits(other), device=CPU).train_logits) == 3600
+    pooled = cfg.replace(val_pool=200)
+    assert len(load_teacher(pooled, _splits(pooled), device=CPU).train_logits) == 4000
 
 
 def test_missing_checkpoint_raises_teacher_error(tiny: TrainConfig, tmp_path: Path) -> None:

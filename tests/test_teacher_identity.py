@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes import TINY_POOL_ARGS, TINY_POOLS
 
 import dgkd.teacher as teacher_mod
 from dgkd.cli import train_main
@@ -23,9 +24,9 @@ from dgkd.config import TrainConfig
 from dgkd.teacher import TEACHER_THREADS, teacher_key
 from dgkd.train import train, train_population
 
-# The smoke study's base: the default teacher, trained for 2 epochs.
-CFG = TrainConfig(epochs=2, teacher_epochs=2)
-SET = ["--set", "epochs=2", "--set", "teacher_epochs=2"]
+# The smoke study's base: the default teacher, trained for 2 epochs, with small pools.
+CFG = TrainConfig(epochs=2, teacher_epochs=2, **TINY_POOLS)
+SET = ["--set", "epochs=2", "--set", "teacher_epochs=2", *TINY_POOL_ARGS]
 
 
 def cached_teachers(cache: Path) -> dict[str, dict]:
@@ -119,11 +120,11 @@ def test_teacher_of_another_torch_version_is_retrained_with_one_line(fresh_cache
 def test_the_teacher_ignores_the_callers_thread_count(fresh_cache) -> None:
     """Trained under a caller on two threads or on one: the same weights and logits, and the
     caller's thread count is restored."""
-    from dgkd.data import load_splits
     from dgkd.teacher import load_teacher
+    from dgkd.train import splits_for
 
     cpu = torch.device("cpu")
-    splits = load_splits(CFG.dataset, val_fraction=CFG.val_fraction, split_seed=CFG.split_seed)
+    splits = splits_for(CFG)
     fresh_cache("two-threads")
     torch.set_num_threads(2)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from contracts import FINAL_METRICS
+from fakes import TINY_POOL_ARGS, TINY_POOLS, image_splits
 
 from dgkd.config import METHODS, ConfigError, TrainConfig, coerce, parse_overrides
 from dgkd.data import Splits
@@ -23,7 +24,10 @@ from dgkd.losses import dgkd_loss, kd_loss
 from dgkd.teacher import teacher_config
 from dgkd.train import TrainResult, train
 
-SHARES = ("val_acc", "test_acc", "test_agreement", "test_ece", "train_acc", "teacher_test_acc")
+SHARES = (
+    "val_acc", "test_acc", "published_test_acc", "test_agreement", "test_ece", "train_acc",
+    "teacher_test_acc", "teacher_published_test_acc",
+)  # fmt: skip
 
 
 def _same_run(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -261,7 +265,7 @@ def test_same_seed_same_metrics_in_fresh_process(tiny: TrainConfig) -> None:
     exe = shutil.which("dgkd-train", path=str(Path(sys.executable).parent))
     assert exe, "the dgkd-train console script is not installed next to this Python"
     proc = subprocess.run(
-        [exe, "--json", "--set", "epochs=2", "--set", "teacher_epochs=2"],
+        [exe, "--json", "--set", "epochs=2", "--set", "teacher_epochs=2", *TINY_POOL_ARGS],
         capture_output=True,
         text=True,
         timeout=120,
@@ -320,14 +324,14 @@ def test_warmup_scales_distillation_weight(tiny: TrainConfig) -> None:
 
 def test_no_validation_split(tiny: TrainConfig) -> None:
     rows: list[dict[str, float]] = []
-    cfg = tiny.replace(val_fraction=0.0, teacher_width=16)
+    cfg = tiny.replace(val_pool=0, val_fraction=0.0, teacher_width=16)
     result = train(cfg, report=lambda epoch, row: rows.append(row))
     assert math.isnan(result.metrics["val_acc"])
     assert math.isfinite(result.metrics["test_acc"])
     assert len(rows) == 2 and all(math.isnan(row["val_acc"]) for row in rows)
 
 
-# --- the protocol: last epoch, the test split once, validation from the training set ----------
+# --- the protocol: last epoch, the test split once, validation and test on generated pools ----
 
 
 @dataclasses.dataclass
@@ -377,10 +381,19 @@ def _recorded_run(cfg: TrainConfig) -> _Recorded:
     return _Recorded(result, seen[0], calls, len(forwards), wall)
 
 
-def _non_monotone() -> _Recorded:
-    """A run whose validation accuracy peaks before the last epoch (a constant, high learning
-    rate; the first of a few seeds where it does), so 'last' and 'best' differ."""
-    base = TrainConfig(epochs=4, teacher_epochs=2, lr=0.05, schedule="constant")
+# A validation pool twice the per-epoch prefix (patched down from EPOCH_VAL_EXAMPLES, so that
+# the pool stays small), so that the per-epoch and the final val_acc read different examples.
+_PREFIX = 200
+
+
+def _non_monotone(monkeypatch: pytest.MonkeyPatch) -> _Recorded:
+    """A run whose (per-epoch) validation accuracy peaks before the last epoch (a constant, high
+    learning rate; the first of a few seeds where it does), so 'last' and 'best' differ."""
+    import dgkd.data
+
+    monkeypatch.setattr(dgkd.data, "EPOCH_VAL_EXAMPLES", _PREFIX)
+    base = TrainConfig(epochs=4, teacher_epochs=2, lr=0.05, schedule="constant",
+                       val_pool=2 * _PREFIX, test_pool=400)  # fmt: skip
     train(base.replace(epochs=1))  # the teacher trains here, not in the recorded runs
     for seed in range(4):
         run = _recorded_run(base.replace(seed=seed))
@@ -390,65 +403,132 @@ def _non_monotone() -> _Recorded:
     pytest.fail("no seed gave a validation accuracy that is not highest at the last epoch")
 
 
-def test_protocol_last_epoch_test_split_once_validation_from_train() -> None:
+def test_protocol_last_epoch_test_split_once_validation_on_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """One recorded run, every protocol rule checked on it (one test, so that a rule broken
     anywhere in the run is caught by the test that ran it)."""
     from dgkd import metrics
     from dgkd.loop import predict
 
-    run = _non_monotone()
+    run = _non_monotone(monkeypatch)
     result, splits, student = run.result, run.splits, run.result.model
     assert student is not None
     assert set(FINAL_METRICS) <= result.metrics.keys()
 
-    # The final metrics are the last epoch's, not the best epoch's.
+    # The final metrics are the last epoch's, not the best epoch's: the per-epoch val_acc (on
+    # the pool's prefix) of the returned model is the last row's, and not the highest.
+    kw = {"device": torch.device("cpu"), "batch_size": 1024}
     history = result.history
     assert [row["epoch"] for row in history] == [1.0, 2.0, 3.0, 4.0]
     vals = [row["val_acc"] for row in history]
-    assert result.metrics["val_acc"] == vals[-1] != max(vals)
+    prefix_logits, _ = predict(student, splits, splits.val_x[:_PREFIX], **kw)
+    assert metrics.accuracy(prefix_logits, splits.val_y[:_PREFIX]) == vals[-1] != max(vals)
     losses = [row["train_loss"] for row in history]
     assert len(set(losses)) == 4  # so that only the last one matches
     assert result.metrics["train_loss"] == losses[-1]
     assert result.metrics["epochs"] == 4.0
     assert 0 < result.duration_s == result.metrics["duration_s"] <= run.wall_s
 
-    # ... measured on the returned (final) model, each split for its own metric.
-    kw = {"device": torch.device("cpu"), "batch_size": 1024}
+    # ... measured on the returned (final) model, each split for its own metric: val_acc on the
+    # whole validation pool, the test metrics on the test pool, published_test_acc on the
+    # published 1000.
     test_logits, _ = predict(student, splits, splits.test_x, **kw)
     train_logits, train_feats = predict(student, splits, splits.train_x, **kw)
     val_logits, _ = predict(student, splits, splits.val_x, **kw)
+    published_logits, _ = predict(student, splits, splits.published_test_x, **kw)
     m = result.metrics
-    assert m["val_acc"] == metrics.accuracy(val_logits, splits.val_y)
+    assert m["val_acc"] == metrics.accuracy(val_logits, splits.val_y) != vals[-1]
     assert m["test_acc"] == metrics.accuracy(test_logits, splits.test_y)
     assert m["test_ece"] == metrics.ece(test_logits, splits.test_y)
+    assert m["published_test_acc"] == metrics.accuracy(published_logits, splits.published_test_y)
     assert m["train_acc"] == metrics.accuracy(train_logits, splits.train_y)
     assert m["train_nc1"] == metrics.nc1(train_feats, splits.train_y, splits.num_classes)
-    assert len({m["val_acc"], m["test_acc"], m["train_acc"]}) == 3  # three different splits
+    values = {m["val_acc"], m["test_acc"], m["published_test_acc"], m["train_acc"]}
+    assert len(values) == 4  # four different splits
 
-    # The test split is evaluated once, at the end, on the student.
-    on_test = [
-        (mod, model)
-        for mod, model, x in run.calls
-        if x.shape == splits.test_x.shape and torch.equal(x.cpu(), splits.test_x)
-    ]
-    assert on_test == [("dgkd.train", student)]
-    # The loop validates on the validation split once per epoch (and never sees the test split).
-    on_val = [
-        mod
-        for mod, _, x in run.calls
-        if x.shape == splits.val_x.shape and torch.equal(x.cpu(), splits.val_x)
-    ]
-    assert on_val == ["dgkd.loop"] * 4 + ["dgkd.train"]
+    def passes(x: torch.Tensor) -> list[tuple[str, object]]:
+        return [
+            (mod, model)
+            for mod, model, seen in run.calls
+            if seen.shape == x.shape and torch.equal(seen.cpu(), x)
+        ]
+
+    # The test pool and the published test set are evaluated once, at the end, on the student.
+    assert passes(splits.test_x) == [("dgkd.train", student)]
+    assert passes(splits.published_test_x) == [("dgkd.train", student)]
+    # The loop validates on the pool's prefix once per epoch (and never sees a test split); the
+    # whole pool is evaluated once, at the end.
+    assert [mod for mod, _ in passes(splits.val_x[:_PREFIX])] == ["dgkd.loop"] * 4
+    assert passes(splits.val_x) == [("dgkd.train", student)]
 
     # Un-augmented data: the teacher's cached logits are used, the teacher itself never runs.
     assert run.teacher_forwards == 0
 
-    # Validation is carved from the training set: disjoint from train and from test.
+    # Training uses the whole published training set; validation and test are generated pools,
+    # disjoint from it, from the published test set and from each other.
+    assert (len(splits.train_y), len(splits.val_y), len(splits.test_y)) == (4000, 400, 400)
+    assert len(splits.published_test_y) == 1000
+    rows = [{r.numpy().tobytes() for r in x} for x in
+            (splits.train_x, splits.val_x, splits.test_x, splits.published_test_x)]  # fmt: skip
+    assert len(set().union(*rows)) == sum(map(len, rows)) == 5800
+
+
+def test_val_pool_zero_is_the_old_protocol(tiny: TrainConfig) -> None:
+    """val_pool = test_pool = 0: validation carved from the training set (val_fraction), the
+    published 1000 as the test split, so published_test_acc is test_acc; every epoch validates
+    on the whole carve, so the last row's val_acc is the final one."""
+    from dgkd import metrics
+    from dgkd.loop import predict
+    from dgkd.train import splits_for
+
+    cfg = tiny.replace(val_pool=0, test_pool=0, val_fraction=0.2)
+    result = train(cfg)
+    splits, student, m = splits_for(cfg), result.model, result.metrics
+    assert student is not None
     assert (len(splits.train_y), len(splits.val_y), len(splits.test_y)) == (3200, 800, 1000)
-    train_rows = {row.numpy().tobytes() for row in splits.train_x}
-    test_rows = {row.numpy().tobytes() for row in splits.test_x}
-    val_rows = {row.numpy().tobytes() for row in splits.val_x}
-    assert not val_rows & test_rows and not val_rows & train_rows
+    kw = {"device": torch.device("cpu"), "batch_size": 1024}
+    val_logits, _ = predict(student, splits, splits.val_x, **kw)
+    test_logits, _ = predict(student, splits, splits.test_x, **kw)
+    assert (
+        m["val_acc"] == metrics.accuracy(val_logits, splits.val_y) == result.history[-1]["val_acc"]
+    )
+    assert m["published_test_acc"] == m["test_acc"] == metrics.accuracy(test_logits, splits.test_y)
+    assert m["teacher_published_test_acc"] == m["teacher_test_acc"]
+    pooled = train(tiny).metrics  # the same published test set, another training set (4000)
+    assert pooled["published_test_acc"] != pooled["test_acc"]
+    assert pooled["train_loss"] != m["train_loss"]
+
+
+def test_image_data_report_published_test_acc_as_test_acc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the test split is the published one, published_test_acc is test_acc (and the
+    teacher's alike), from one pass over the test split, not two."""
+    import dgkd.train
+    from dgkd.loop import predict
+    from dgkd.models import build_model
+    from dgkd.teacher import TeacherBundle
+    from dgkd.train import evaluate
+
+    splits = image_splits(train=16)
+    assert splits.published_is_test  # not given: the test split
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    student, teacher = (build_model("resnet8", num_classes=10, input_shape=(3, 32, 32)).eval()
+                        for _ in range(2))  # fmt: skip
+    kw = {"device": cpu, "batch_size": 64}
+    test_logits = predict(teacher, splits, splits.test_x, **kw)[0]
+    train_logits = predict(teacher, splits, splits.train_x, **kw)[0]
+    bundle = TeacherBundle(teacher, train_logits, test_logits, test_logits, "key", "test")
+    passes: list[torch.Tensor] = []
+    real = dgkd.train.predict
+    monkeypatch.setattr(
+        dgkd.train, "predict", lambda m, s, x, **k: passes.append(x) or real(m, s, x, **k)
+    )
+    cfg = TrainConfig(dataset="cifar10", teacher="resnet8", student="resnet8", device="cpu")
+    m = evaluate(cfg, splits, student, bundle, device=cpu)
+    assert m["published_test_acc"] == m["test_acc"]
+    assert m["teacher_published_test_acc"] == m["teacher_test_acc"]
+    assert sum(x is splits.test_x for x in passes) == 1
 
 
 @pytest.mark.parametrize(
@@ -498,7 +578,7 @@ def test_a_stopped_member_keeps_its_config_and_history_and_the_others_finish() -
         if i == 0 and epoch == 2:
             raise Prune
 
-    base = TrainConfig(epochs=3, teacher_epochs=2)
+    base = TrainConfig(epochs=3, teacher_epochs=2, **TINY_POOLS)
     cfgs = [base.replace(seed=1), base.replace(seed=2)]
     stopped, done = train_population(cfgs, report=report)
     assert isinstance(stopped.error, Prune)

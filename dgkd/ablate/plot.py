@@ -28,8 +28,11 @@ def plot_png(result: AblationResult) -> bytes:
 
     rows = result.summary
     names = [r["variant"] for r in rows]
-    fig = Figure(figsize=(17, 1.2 + 0.45 * len(names) * 2), layout="constrained")
-    axes = fig.subplots(2, 4).ravel()
+    # One panel per metric and one for the NC1 curves, in a near-square grid (3 x 3 for 8 + 1).
+    cols = math.ceil(math.sqrt(len(METRICS) + 1))
+    grid = (math.ceil((len(METRICS) + 1) / cols), cols)
+    fig = Figure(figsize=(4.3 * cols, 1.2 + 0.45 * len(names) * grid[0]), layout="constrained")
+    axes = fig.subplots(*grid).ravel()
     for j, (ax, spec) in enumerate(zip(axes, METRICS.values(), strict=False)):
         scale = 100.0 if spec.percent else 1.0
         m = spec.name
@@ -59,9 +62,11 @@ def plot_png(result: AblationResult) -> bytes:
         arrow = "↑" if spec.higher_is_better else "↓"
         ax.set_title(f"{spec.label}{spec.unit} {arrow}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_yticks(range(len(names)), list(reversed(names)) if j % 4 == 0 else [])
+        ax.set_yticks(range(len(names)), list(reversed(names)) if j % cols == 0 else [])
         ax.set_ylim(-0.7, len(names) - 0.3)
     _nc1_curves(axes[len(METRICS)], result)
+    for ax in axes[len(METRICS) + 1 :]:
+        ax.set_visible(False)
     over = f"{len(result.seeds)} seeds"
     if len(result.teacher_seeds) > 1:
         over = f"{len(result.teacher_seeds)} teachers x {over} (two-level)"

@@ -6,10 +6,12 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from fakes import TINY_POOLS
+
 from dgkd.ablate import AblationOptions
 from dgkd.config import TrainConfig
 
-TINY = {"epochs": 2, "teacher_epochs": 2}
+TINY = {"epochs": 2, "teacher_epochs": 2, **TINY_POOLS}
 
 EXPECTED = {
     "full": {},

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes import TINY_POOL_ARGS
 
 from dgkd.cli import ablate_main
 
-TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2", "--teachers", "1"]
+TINY = ["--set", "epochs=2", "--set", "teacher_epochs=2", "--teachers", "1", *TINY_POOL_ARGS]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -168,7 +169,7 @@ def test_sigkilled_ablation_keeps_finished_cells_and_completes(tmp_path):
     # one process: a second one would finish the other population at the same time
     argv = ["--variants", "no_grad_term,minimize_mse", "--seeds", "6", "--out", str(tmp_path),
             "--quiet", "--workers", "1", "--teachers", "1", "--set", "epochs=6",
-            "--set", "teacher_epochs=2"]  # fmt: skip
+            "--set", "teacher_epochs=2", *TINY_POOL_ARGS]  # fmt: skip
     cells = tmp_path / "ablate" / "default" / "cells"
     proc = subprocess.Popen([sys.executable, "-c", entry, *argv], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -220,7 +221,7 @@ def test_sigkilled_ablation_leaves_no_pool_worker_behind(tmp_path):
     entry = "import sys; from dgkd.cli import ablate_main; sys.exit(ablate_main(sys.argv[1:]))"
     argv = ["--variants", "no_grad_term", "--seeds", "8", "--teachers", "1", "--workers", "2",
             "--quiet", "--out", str(tmp_path), "--set", "epochs=30",
-            "--set", "teacher_epochs=2"]  # fmt: skip
+            "--set", "teacher_epochs=2", *TINY_POOL_ARGS]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", entry, *argv], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     workers: list[int] = []

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from fakes import TINY_POOL_ARGS, TINY_POOLS
 from scipy import stats as sps
 
 from dgkd.cli import ablate_main
@@ -19,7 +20,8 @@ from .helpers import rows
 
 def test_three_teachers_three_seeds_from_the_command_line(capsys, tmp_path) -> None:
     argv = ["--variants", "no_grad_term", "--teachers", "3", "--seeds", "3", "--set", "epochs=3",
-            "--set", "teacher_epochs=2", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+            "--set", "teacher_epochs=2", "--workers", "1", "--out", str(tmp_path),
+            *TINY_POOL_ARGS]  # fmt: skip
     assert ablate_main(argv) == 0
     err = capsys.readouterr().err
     assert "2 variants x 3 teacher(s) x 3 seeds: 18 runs to train" in err
@@ -30,7 +32,7 @@ def test_three_teachers_three_seeds_from_the_command_line(capsys, tmp_path) -> N
         (str(t), str(s)) for t in range(3) for s in range(3)
     ]
     # one teacher per teacher seed, each the cache's teacher for that seed
-    base = TrainConfig(epochs=3, teacher_epochs=2)
+    base = TrainConfig(epochs=3, teacher_epochs=2, **TINY_POOLS)
     keys = {r["teacher_seed"]: r["teacher_key"] for r in runs}
     assert keys == {str(t): teacher_key(base.replace(teacher_seed=t)) for t in range(3)}
     assert len(set(keys.values())) == 3

@@ -130,7 +130,8 @@ def test_diverged_trial_fails_and_the_search_goes_on(tmp_path: Path) -> None:
         'pruner = "none"\ntrials = 3\n'
         "enqueue = [{ lr = 0.01 }, { lr = 1e30 }, { lr = 0.001 }]\n"
         '[space.lr]\ntype = "categorical"\nchoices = [0.01, 1e30, 0.001]\n'
-        "[base]\nepochs = 2\nteacher_epochs = 2\nteacher_lr = 0.01\n",
+        "[base]\nepochs = 2\nteacher_epochs = 2\n"
+        "val_pool = 200\ntest_pool = 400\nteacher_lr = 0.01\n",
     )
     assert search(tmp_path / "runs", "--study", str(study)) == 0
     frame = trials(tmp_path / "runs", "diverge")
@@ -146,7 +147,8 @@ def test_no_completed_trial_is_a_runtime_failure(
     study = _write(
         tmp_path / "allfail.toml",
         'space = "eps"\npruner = "none"\ntrials = 2\n'
-        "[base]\nepochs = 2\nteacher_epochs = 2\nlr = 1e30\nteacher_lr = 0.01\n",
+        "[base]\nepochs = 2\nteacher_epochs = 2\n"
+        "val_pool = 200\ntest_pool = 400\nlr = 1e30\nteacher_lr = 0.01\n",
     )
     assert search(tmp_path / "runs", "--study", str(study)) == 1
     err = capsys.readouterr().err
@@ -350,7 +352,8 @@ def test_pruning_stops_clearly_worse_trials_early(tmp_path: Path) -> None:
         f'sampler = "random"\npruner = "median"\ntrials = 12\nenqueue = [{", ".join(enqueue)}]\n'
         '[space.seed]\ntype = "int"\nlow = 0\nhigh = 9\n'
         '[space.lr]\ntype = "categorical"\nchoices = [0.01, 1e-6]\n'
-        "[base]\nepochs = 4\nteacher_epochs = 2\nteacher_lr = 0.01\nwarmup = 0\n",
+        "[base]\nepochs = 4\nteacher_epochs = 2\n"
+        "val_pool = 200\ntest_pool = 400\nteacher_lr = 0.01\nwarmup = 0\n",
     )
     assert search(tmp_path / "runs", "--study", str(study)) == 0
     frame = trials(tmp_path / "runs", "prune")

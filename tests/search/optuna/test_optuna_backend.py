@@ -277,7 +277,7 @@ def test_grid_search_stops_when_the_grid_is_exhausted(
     path.write_text(
         'sampler = "grid"\npruner = "none"\ntrials = 50\n'
         '[space.epsilon]\ntype = "categorical"\nchoices = [0.0, 1.0, 2.0]\n'
-        "[base]\nepochs = 2\nteacher_epochs = 2\n"
+        "[base]\nepochs = 2\nteacher_epochs = 2\nval_pool = 200\ntest_pool = 400\n"
     )
     argv = ["--out", str(tmp_path), "--quiet", "--study", str(path), "--workers", "1"]
     assert search_main(argv) == 0  # one process: a grid drawn by several may repeat a point

@@ -322,7 +322,7 @@ def test_local_cluster_grid_and_diverged_trial(
     spec.write_text(
         'space = { lr = { type = "categorical", choices = [0.01, 1e30] } }\n'
         'sampler = "grid"\npruner = "none"\ntrials = 2\n'
-        '[base]\nmethod = "dkd"\nepochs = 2\nteacher_epochs = 2\n'
+        '[base]\nmethod = "dkd"\nepochs = 2\nteacher_epochs = 2\nval_pool = 200\ntest_pool = 400\n'
     )
     study = load_study(str(spec))
     records, _ = _run(study, _opts(tmp_path / "runs", study, 5, None))  # the grid has 2 points
@@ -437,7 +437,7 @@ def test_ray_search_and_ablation_train_the_same_teacher_as_train(
     from dgkd.teacher import teacher_key
     from dgkd.train import train
 
-    cfg = TrainConfig(epochs=2, teacher_epochs=2)  # the smoke study's base
+    cfg = TrainConfig(epochs=2, teacher_epochs=2, val_pool=200, test_pool=400)  # smoke's base
 
     def sha_in(name: str, run) -> str:
         cache = tmp_path / name
@@ -457,7 +457,9 @@ def test_ray_search_and_ablation_train_the_same_teacher_as_train(
         "ray ablation": sha_in(
             "ablation",
             lambda: run_ablation(
-                resolve_base(overrides={"epochs": 2, "teacher_epochs": 2}),
+                resolve_base(
+                    overrides={"epochs": 2, "teacher_epochs": 2, "val_pool": 200, "test_pool": 400}
+                ),
                 AblationOptions(
                     variants=("ce",),
                     seeds=1,
