@@ -46,6 +46,7 @@ __all__ = [
     "check_storage",
     "create_or_load",
     "defer_interrupt",
+    "uninterruptible",
     "driver_url",
     "inspect_command",
     "is_url",
@@ -305,7 +306,9 @@ def defer_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _uninterruptible() -> Iterator[None]:
+def uninterruptible() -> Iterator[None]:
+    """A block the main thread's SIGINT/SIGTERM cannot cut: a signal arriving inside is raised as
+    KeyboardInterrupt when the outermost such block ends."""
     _main.critical = getattr(_main, "critical", 0) + 1
     try:
         yield
@@ -320,9 +323,9 @@ class _JournalStorage(JournalStorage):
     """A journal whose writes and replays an interruption cannot cut."""
 
     def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
-        with _uninterruptible():
+        with uninterruptible():
             super()._write_log(op_code, extra_fields)
 
     def _sync_with_backend(self) -> None:
-        with _uninterruptible():
+        with uninterruptible():
             super()._sync_with_backend()

@@ -27,7 +27,7 @@ from dgkd.search.common import trial_seeds
 from dgkd.search.optuna.batch import Batch, BatchFailed
 from dgkd.search.optuna.records import TRIAL_ATTRS, occupied, to_records
 from dgkd.search.optuna.recovery import retried_trial, worker_id
-from dgkd.search.optuna.storage import defer_interrupt, is_url, journal_path
+from dgkd.search.optuna.storage import defer_interrupt, is_url, journal_path, uninterruptible
 from dgkd.search.records import (
     INTERRUPTED,
     SearchOptions,
@@ -208,10 +208,16 @@ class Worker:
             self.on_change(self.records())
 
     def _interrupted(self, trial: optuna.Trial) -> None:
-        """Keep its number, do not count it, re-run its parameters (its state stays for that)."""
-        trial.set_user_attr("interrupted", True)
-        trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
-        self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        """Keep its number, do not count it, re-run its parameters (its state stays for that).
+
+        The three writes are one uninterruptible block: a second signal arriving between them
+        (a Ctrl-C after a SIGTERM, or the parent's death signal) would otherwise leave the trial
+        marked interrupted with no re-run enqueued.
+        """
+        with uninterruptible():
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
+            self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
     def _objective(self, trial: optuna.Trial) -> float:
         self._release()  # the trial now exists (RUNNING): others may claim theirs
