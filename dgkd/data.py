@@ -143,8 +143,6 @@ def _generate(args: Any, seed: int, num_samples: int) -> tuple[np.ndarray, np.nd
     from mnist1d.data import get_templates, transform
     from mnist1d.utils import set_seed
 
-    if args.shuffle_seq:  # make_dataset would permute each sample's positions too
-        raise NotImplementedError("mnist1d arguments with shuffle_seq are not supported")
     saved = random.getstate(), np.random.get_state()
     try:
         templates = get_templates()
@@ -156,7 +154,10 @@ def _generate(args: Any, seed: int, num_samples: int) -> tuple[np.ndarray, np.nd
                 xs.append(x)
                 ys.append(templates["y"][label])
         order = np.random.permutation(len(ys))
-        return np.stack(xs)[order], np.stack(ys)[order]
+        xs_, ys_ = np.stack(xs)[order], np.stack(ys)[order]
+        if args.shuffle_seq:  # make_dataset's next draw: one permutation of the positions
+            xs_ = xs_[..., np.random.permutation(args.final_seq_length)]
+        return xs_, ys_
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])

@@ -59,6 +59,19 @@ def test_published_data_from_the_generator_is_make_datasets_bit_for_bit(
     assert got["x"].shape == (4000, 40) and got["x_test"].shape == (1000, 40)
 
 
+def test_the_generator_follows_make_dataset_with_shuffled_positions_too() -> None:
+    """The published arguments keep positions in order; should a package default shuffle them,
+    the generator draws the same permutation make_dataset does (small sample, exact)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.shuffle_seq, args.seed = 200, True, 7
+    want = make_dataset(args)
+    x, y = data_mod._generate(args, 7, 200)
+    x = (x - x.mean()) / x.std()
+    assert np.array_equal(x[:160], want["x"]) and np.array_equal(y[160:], want["y_test"])
+
+
 def test_pools_have_the_asked_sizes_and_every_class_equally() -> None:
     s = load_splits("mnist1d", **TINY_POOLS)
     old = load_splits("mnist1d", val_fraction=0.0, **OLD)

@@ -1,4 +1,5 @@
-"""Tests for dgkd.losses against independent, naive implementations of DESIGN.md section 2."""
+"""Tests for dgkd.losses against independent, naive implementations of docs/method.md's
+formulas."""
 
 from __future__ import annotations
 

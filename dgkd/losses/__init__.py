@@ -1,6 +1,6 @@
 """Distillation losses as pure functions of logits and numbers.
 
-Notation (DESIGN.md section 2): student logits ``z_s``, teacher logits ``z_t`` (B x C), target
+Notation (docs/method.md): student logits ``z_s``, teacher logits ``z_t`` (B x C), target
 ``t``, temperature ``T``. ``p = softmax(z_s / T)``, ``q = softmax(z_t / T)``; ``p_hat``/``q_hat``
 are the softmax over the non-target classes only.
 

@@ -183,8 +183,9 @@ def _dgkd(
     if not need_grad:
         return outputs, None
     # dM/dz_s = 2c/(B C T) [p_t (e_t - p)(r_t - S) - (a + 1) p_hat (r - S) on j != t] with
-    # c = T/B, a = p_t - q_t, r = g_T - g_N, S = sum_{j != t} r_j p_hat_j (DESIGN.md section
-    # 2). Substituting e_t - p = (1 - p_t) u, r = -c w, r_t = c a and S = -c w.p_hat:
+    # c = T/B, a = p_t - q_t, r = g_T - g_N, S = sum_{j != t} r_j p_hat_j (derived from
+    # docs/method.md's g_T and g_N; tests/test_losses.py checks it against autograd).
+    # Substituting e_t - p = (1 - p_t) u, r = -c w, r_t = c a and S = -c w.p_hat:
     # dM/dz_s = 2c/(B^2 C) [p_t (1 - p_t)(a + w.p_hat) u + (a + 1) p_hat (w - w.p_hat)];
     # and alpha g_T + beta g_N = c (alpha a u + beta d).
     lam = _col(weight * (2.0 / (batch * batch * classes)), z)
