@@ -37,6 +37,8 @@ _EXPORTS = {
     "run_search": "dgkd.search",
     "AblationOptions": "dgkd.ablate",
     "run_ablation": "dgkd.ablate",
+    "load_suite": "dgkd.suite",
+    "run_suite": "dgkd.suite",
 }
 
 __all__ = [
@@ -55,10 +57,12 @@ __all__ = [
     "kd_loss",
     "load_space",
     "load_study",
+    "load_suite",
     "make_options",
     "parse_overrides",
     "run_ablation",
     "run_search",
+    "run_suite",
     "train",
     "train_population",
 ]
@@ -72,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from dgkd.search import SearchOptions, make_options, run_search
     from dgkd.space import load_space
     from dgkd.study import Study, load_study
+    from dgkd.suite import load_suite, run_suite
     from dgkd.train import TrainResult, train, train_population
 
 

@@ -123,7 +123,9 @@ def _ablate_parser() -> argparse.ArgumentParser:
         "bootstrap CIs and Holm-corrected paired tests.",
         epilog=f"Variants: {names}. Results: <out>/ablate/<name>/ (runs.csv, summary.csv, "
         "summary.md, config.json, ablation.png). "
-        "Example: dgkd-ablate --variants no_grad_term,minimize_mse",
+        "Suites: <out>/ablate/<suite>/<setup>/ each, and suite.csv, suite.md, suite.png. "
+        "Examples: dgkd-ablate --variants no_grad_term,minimize_mse; "
+        "dgkd-ablate --suite mnist1d_pairs --variants no_grad_term",
     )
     p.add_argument(
         "--variants",
@@ -135,6 +137,12 @@ def _ablate_parser() -> argparse.ArgumentParser:
     src.add_argument("--study", metavar="NAME", help="use the study's base config (no search)")
     src.add_argument(
         "--from-study", metavar="NAME", help="use the best finished trial of the study's search"
+    )
+    src.add_argument(
+        "--suite",
+        metavar="NAME",
+        help="run the ablation on every setup of a suite (a name from --list, or a .toml file) "
+        "and aggregate across them: <out>/ablate/<suite>/ (suite.csv, suite.md, suite.png)",
     )
     p.add_argument(
         "--storage",
@@ -182,6 +190,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="move an existing directory of that name aside"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--list", action="store_true", help="list the packaged suites and studies")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
     return p
@@ -207,6 +216,11 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
         )
         from dgkd.config import parse_overrides
 
+        if args.list:
+            from dgkd.suite.command import list_sources
+
+            list_sources()
+            return EXIT_OK
         tty = sys.stderr.isatty()
         opts = AblationOptions(
             variants=parse_variants(args.variants),
@@ -222,6 +236,10 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             log=None if tty or args.quiet else (lambda line: print(line, file=sys.stderr)),
             argv=tuple(argv),
         )
+        if args.suite:
+            from dgkd.suite.command import suite_command
+
+            return suite_command(args, opts, parse_overrides(args.overrides))
         base = resolve_base(
             study=args.study,
             from_study=args.from_study,

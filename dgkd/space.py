@@ -167,7 +167,7 @@ class Space:
 
 
 def available(kind: str) -> list[str]:
-    """Names of the packaged ``search_spaces`` or ``studies`` (sorted)."""
+    """Names of the packaged ``search_spaces``, ``studies`` or ``suites`` (sorted)."""
     root = importlib.resources.files("dgkd") / kind
     try:
         return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
@@ -182,7 +182,7 @@ def resolve_file(name_or_path: str | Path, kind: str, *, relative_to: Path | Non
         SpecError: no such file or name; the message lists the packaged names.
     """
     text = str(name_or_path)
-    label = "study" if kind == "studies" else "search space"
+    label = {"studies": "study", "suites": "suite"}.get(kind, "search space")
     if text.endswith(".toml") or "/" in text or "\\" in text:
         path = Path(text).expanduser()
         if not path.is_absolute() and relative_to is not None and not path.exists():

@@ -102,15 +102,18 @@ def test_no_module_over_the_size_limit() -> None:
 
 
 ENTRY_POINTS = (
-    "import dgkd, dgkd.config, dgkd.space, dgkd.study, dgkd.cli",
+    "import dgkd, dgkd.config, dgkd.space, dgkd.study, dgkd.suite, dgkd.cli",
     *(
         f"from dgkd.cli import {main}\ntry:\n    {main}(['--help'])\nexcept SystemExit:\n    pass"
         for main in ("train_main", "search_main", "ablate_main")
     ),
+    "from dgkd.cli import ablate_main\nablate_main(['--list'])",
 )
 
 
-@pytest.mark.parametrize("code", ENTRY_POINTS, ids=["modules", "train", "search", "ablate"])
+@pytest.mark.parametrize(
+    "code", ENTRY_POINTS, ids=["modules", "train", "search", "ablate", "ablate-list"]
+)
 def test_entry_points_import_no_torch(code: str) -> None:
     heavy = "('torch', 'ray', 'optuna')"
     probe = f"{code}\nimport sys\nprint(sorted(m for m in {heavy} if m in sys.modules))"

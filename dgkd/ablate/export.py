@@ -39,21 +39,21 @@ def write_ablation_outputs(result: AblationResult, manifest: Mapping[str, Any]) 
         "ran_now": result.ran,
         "reused": result.reused,
     }
-    done["claims"] = [_claim_json(c) for c in result.claims]
-    write_manifest(d, _jsonable(done))
+    done["claims"] = [claim_json(c) for c in result.claims]
+    write_manifest(d, jsonable(done))
     atomic_write_bytes(d / PLOT_FILE, plot_png(result))
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """``obj`` with every NaN or infinity, however deep, as None (JSON has neither)."""
     if isinstance(obj, Mapping):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return finite_or_none(obj)
 
 
-def _claim_json(c: Claim) -> dict[str, Any]:
+def claim_json(c: Claim) -> dict[str, Any]:
     return {
         "topic": c.topic,
         "metric": c.metric,

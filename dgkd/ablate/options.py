@@ -49,6 +49,9 @@ class AblationOptions:
     address: str | None = None  # Ray cluster address; None = RAY_ADDRESS or a new local cluster
     out_dir: Path = Path(OUT_DIR)  # results go to <out_dir>/ablate/<name>/
     name: str | None = None  # None = BaseConfig.default_name
+    # the results directory itself instead of <out_dir>/ablate/<name>/ (a suite's setup:
+    # <out_dir>/ablate/<suite>/<setup>/, named "<suite>/<setup>")
+    directory: Path | None = None
     fresh: bool = False  # move an existing directory of this name aside first
     progress: bool = False  # rich progress bar on stderr
     log: Callable[[str], None] | None = None  # plain progress lines (when not a terminal)

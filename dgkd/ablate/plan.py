@@ -44,9 +44,9 @@ def preflight(base: BaseConfig, opts: AblationOptions) -> Plan:
     variants = parse_variants(opts.variants)
     seeds = tuple(range(opts.seeds))
     name = opts.name or base.default_name
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if opts.directory is None and (not name or "/" in name or "\\" in name or name.startswith(".")):
         raise AblateError(f"--name must be a plain directory name, got {name!r}")
-    directory = ablation_dir(opts.out_dir, name)
+    directory = opts.directory or ablation_dir(opts.out_dir, name)
     check_writable(directory)
     first = base.config.teacher_seed
     one = bool(base.config.teacher_checkpoint)

@@ -45,7 +45,7 @@ def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
     plan = preflight(base, opts)
     name, directory, variants, seeds = plan.name, plan.directory, plan.variants, plan.seeds
     directory.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(directory.parent / f".{name}.lock"))
+    lock = FileLock(str(directory.parent / f".{directory.name}.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
