@@ -28,7 +28,7 @@ __all__ = ["ablate_main", "search_main", "train_main"]
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="dgkd-train",
         description="Train one student by distillation and print its final metrics.",
         epilog="Config fields for --set: docs/configuration.md (TrainConfig in dgkd/config.py). "
@@ -61,7 +61,10 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``dgkd-train``: one training run with the final metrics as a table or JSON."""
-    args = _train_parser().parse_args(argv)
+    try:
+        args = _train_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return int(exc.code or 0)
 
     def body() -> int:
         from dgkd.io import json_metrics
