@@ -8,7 +8,6 @@ is instant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,10 @@ from dgkd.cliparts import (
     EXIT_OK,
     OneLineParser,
     UsageError,
+    add_mlflow,
     add_set,
     add_version,
+    check_mlflow_uri,
     run_guarded,
 )
 from dgkd.config import METHODS, TrainConfig, parse_overrides
@@ -48,11 +49,15 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="start from a search's best.json (reruns "
-        "its best trial) or a config.json of --out; other options change it",
+        help="start from a search's best.json (reruns its best trial: all its seeds as one "
+        "population, its value their mean) or a config.json of --out; other options change it",
     )
+    p.add_argument("--seed", type=int, metavar="N", help="train this seed only (with a "
+                   "best.json: one of its trial's seeds)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="save config.json, metrics.json, history.csv "
-                   "and student.pt there; rerun an interrupted run to resume it")  # fmt: skip
+                   "and student.pt there (several seeds: in seed_<s>/ each); rerun an "
+                   "interrupted run to resume it")  # fmt: skip
+    add_mlflow(p, "the run (config, metrics by epoch, final metrics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
@@ -67,47 +72,24 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
 
     def body() -> int:
-        from dgkd.io import json_metrics
+        from dgkd.trainrun import rerun
 
         changes = parse_overrides(args.overrides)
-        for name in ("method", "alpha", "beta", "epsilon", "temperature"):
+        for name in ("method", "alpha", "beta", "epsilon", "temperature", "seed"):
             if getattr(args, name) is not None:
                 changes[name] = getattr(args, name)
-        from dgkd.runfiles import load_config, train_into
-
-        base = TrainConfig() if args.config is None else load_config(args.config)
-        cfg = base.replace(**changes)
-        result = train_into(args.out, cfg, progress=not args.json and sys.stderr.isatty())
-        if args.json:
-            print(json.dumps({"config": cfg.to_dict(), "metrics": json_metrics(result.metrics)}))
-        else:
-            _print_metrics(cfg, result.metrics)
-        return EXIT_OK
+        if args.mlflow is not None:
+            check_mlflow_uri(args.mlflow)
+        return rerun(
+            args.config,
+            changes,
+            out=args.out,
+            as_json=args.json,
+            mlflow=args.mlflow,
+            progress=not args.json and sys.stderr.isatty(),
+        )
 
     return run_guarded("dgkd-train", args.debug, body)
-
-
-def _print_metrics(cfg, metrics: dict[str, float]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    caption = f"{cfg.dataset}, teacher {cfg.teacher}, seed {cfg.seed}"
-    if cfg.method in ("dkd", "dgkd"):
-        caption = (
-            f"alpha={cfg.alpha:g} beta={cfg.beta:g} T={cfg.temperature:g}"
-            + (f" epsilon={cfg.epsilon:g}" if cfg.method == "dgkd" else "")
-            + f"\n{caption}"
-        )
-    table = Table(title=f"{cfg.method}: student {cfg.student}", caption=caption)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        shown = f"{value:.0f}" if key == "epochs" else f"{value:.4f}"
-        table.add_row(key, shown if isinstance(value, float) else str(value))
-    console = Console()
-    if not console.is_terminal:  # a pipe or file: the table's natural width, not 80 columns
-        console.width = 10_000
-    console.print(table)
 
 
 def _ablate_parser() -> argparse.ArgumentParser:
