@@ -167,6 +167,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="move an existing directory of that name aside"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_mlflow(p, "every run (config, metrics by epoch, final metrics) once it is finished")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
     return p
@@ -214,6 +215,8 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             overrides=parse_overrides(args.overrides),
             out_dir=args.out,
         )
+        if args.mlflow is not None:
+            check_mlflow_uri(args.mlflow)
         plan = preflight(base, opts)  # every bad input is refused before anything is printed
         print(describe_base(base), file=sys.stderr)
         print(
@@ -230,9 +233,38 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             f"{result.ran} runs trained, {result.reused} reused; results in {result.directory}",
             file=sys.stderr,
         )
+        if args.mlflow is not None:
+            logged = _track_ablation(args.mlflow, result)
+            print(f"{logged} runs logged to MLflow {args.mlflow}", file=sys.stderr)
         return EXIT_OK
 
     return run_guarded("dgkd-ablate", args.debug, body)
+
+
+def _track_ablation(uri: str, result) -> int:
+    """Each cell of ``result`` not yet logged, as an MLflow run in the experiment
+    ``dgkd-ablate/<name>``; how many were logged."""
+    from dgkd.tracking import log_finished, logged_tags
+
+    experiment = f"dgkd-ablate/{result.name}"
+    done = logged_tags(uri, experiment, "dgkd.cell")
+    logged = 0
+    for cell in result.cells:
+        if cell.key in done:
+            continue
+        log_finished(
+            uri,
+            experiment=experiment,
+            name=cell.key,
+            params=cell.config,
+            history=cell.history,
+            metrics=cell.metrics,
+            state="COMPLETE" if cell.status == "ok" else cell.status,
+            tags={"dgkd.command": "dgkd-ablate", "dgkd.cell": cell.key,
+                  "dgkd.variant": cell.variant},
+        )  # fmt: skip
+        logged += 1
+    return logged
 
 
 def _search_parser() -> argparse.ArgumentParser:
@@ -285,9 +317,7 @@ def _search_parser() -> argparse.ArgumentParser:
                    "the study in --storage) aside as <name>.old-<timestamp>")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
-    p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, metrics by "
-                   "epoch, final metrics) to this MLflow tracking URI, e.g. ./mlruns "
-                   "(needs pip install 'dgkd[mlflow]')")  # fmt: skip
+    add_mlflow(p, "every trial (config, metrics by epoch, final metrics)")
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
