@@ -318,6 +318,10 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
     add_mlflow(p, "every trial (config, metrics by epoch, final metrics)")
+    p.add_argument("--dashboard", type=int, nargs="?", const=8080, metavar="PORT",
+                   help="instead of searching, serve optuna-dashboard for the study's storage "
+                   "on http://127.0.0.1:PORT (default 8080) until Ctrl-C (needs pip install "
+                   "'dgkd[dashboard]')")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
@@ -345,6 +349,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         from dgkd.search import TrialState, make_options, print_summary, run_search
 
         study = load_study(args.study)
+        if args.dashboard is not None:
+            return _dashboard(study, args)
         opts = make_options(
             study,
             trials=args.trials,
@@ -374,6 +380,17 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     return run_guarded("dgkd-search", args.debug, body)
+
+
+def _dashboard(study, args: argparse.Namespace) -> int:
+    from dgkd.search.dashboard import serve_dashboard
+    from dgkd.search.records import SearchOptions
+
+    if not 1 <= args.dashboard <= 65535:
+        raise UsageError(f"--dashboard takes a port in 1..65535, got {args.dashboard}")
+    out_dir = Path(args.out).expanduser() / study.name
+    serve_dashboard(study, SearchOptions(1, out_dir, storage=args.storage), args.dashboard)
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
