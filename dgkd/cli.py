@@ -278,7 +278,8 @@ def _search_parser() -> argparse.ArgumentParser:
         description="Search a study's hyperparameters with Optuna (default) or Ray Tune. "
         "Rerunning the same command continues an interrupted search up to --trials.",
         epilog="Outputs in <out>/<study>/: trials.csv, best.json, importance.csv, "
-        "best_student.pt, history/trial_<n>.csv, optimization_history.png, learning_curves.png, "
+        "students/trial_<n>/seed_<s>.pt, best_student.pt, history/trial_<n>.csv, "
+        "optimization_history.png, learning_curves.png, "
         "accuracy_vs_<param>.png (one parameter) or param_importances.png and slice.png (more), "
         "trial_seeds.csv, confirm.csv and verdict.md (the confirm stage), "
         "and the Optuna storage: journal.log unless --storage (either backend). "

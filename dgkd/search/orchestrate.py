@@ -285,9 +285,7 @@ def print_summary(
     console.print(table)
     if not done:
         console.print("no trial has completed yet")
-    console.print(
-        f"outputs: {opts.out_dir}/ (trials.csv, best.json, best_student.pt, history/, *.png)"
-    )
+    console.print(f"outputs: {opts.out_dir}/ (trials.csv, best.json, students/, history/, *.png)")
     command = get_backend(opts.backend).inspect_command(study, opts)
     if command:
         console.print(f"inspect: {command}", soft_wrap=True)
