@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup search train ablate test lint format bench bench-quick mutate clean
+.PHONY: setup search train ablate dashboard test lint format bench bench-quick mutate clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ train: $(STAMP)  ## one default DGKD run
 
 ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 3 teachers x 10 paired seeds
 	$(BIN)/dgkd-ablate --variants no_grad_term,minimize_mse
+
+STUDY ?= eps_sweep
+PORT  ?= 8080
+dashboard: $(STAMP)  ## optuna-dashboard for runs/$(STUDY) on http://127.0.0.1:$(PORT) (make dashboard STUDY=smoke)
+	$(BIN)/dgkd-search --study $(STUDY) --dashboard $(PORT)
 
 test: lint  ## lint, types and the whole test suite
 	$(BIN)/python -m pytest -q

@@ -3,6 +3,7 @@
 The public API, importable from here::
 
     from dgkd import TrainConfig, train, train_population, dgkd_loss, load_study, run_search
+    from dgkd import load_run  # a saved run's student, config and data splits
 
 Names are resolved on first use (PEP 562), so ``import dgkd`` and every ``--help`` stay
 torch-free and fast; a name's module is imported only when it is asked for.
@@ -29,6 +30,8 @@ _EXPORTS = {
     "grad_terms": "dgkd.losses",
     "kd_loss": "dgkd.losses",
     "build_model": "dgkd.models",
+    "SavedRun": "dgkd.saved",
+    "load_run": "dgkd.saved",
     "Study": "dgkd.study",
     "load_study": "dgkd.study",
     "load_space": "dgkd.space",
@@ -45,6 +48,7 @@ __all__ = [
     "AblationOptions",
     "ConfigError",
     "DivergedError",
+    "SavedRun",
     "SearchOptions",
     "Study",
     "TrainConfig",
@@ -55,6 +59,7 @@ __all__ = [
     "dkd_terms",
     "grad_terms",
     "kd_loss",
+    "load_run",
     "load_space",
     "load_study",
     "load_suite",
@@ -73,6 +78,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from dgkd.loop import DivergedError
     from dgkd.losses import dgkd_loss, dkd_terms, grad_terms, kd_loss
     from dgkd.models import build_model
+    from dgkd.saved import SavedRun, load_run
     from dgkd.search import SearchOptions, make_options, run_search
     from dgkd.space import load_space
     from dgkd.study import Study, load_study

@@ -58,7 +58,12 @@ _NOT_STATE = ("checkpoint_every", "data_root", "download")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint of the same configs does not fit the run (another version of the code)."""
+    """A checkpoint of the same configs does not fit the run (another version of the code);
+    ``reason`` says what did not fit."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class StoppedError(RuntimeError):
@@ -77,11 +82,19 @@ class Checkpoint:
             caller keeps the reports of the attempt it resumes (Tune).
         saved_epoch: The epoch of the last state written (set by the loop): Tune attaches the
             directory to that epoch's report; a command says where it stopped.
+        resumed_epoch: The epoch the run resumed after (set by the loop); None: it did not.
+        ignored: Why a state found in the directory was not resumed (set by the loop): of
+            other configs, unreadable, or of another format; None: there was none.
+        on_restore: Called with this object once the run has resumed, or found nothing to
+            resume, before its first epoch (a command says so then).
     """
 
     directory: Path
     replay: bool = True
     saved_epoch: int | None = None
+    resumed_epoch: int | None = None
+    ignored: str | None = None
+    on_restore: Callable[[Checkpoint], None] | None = None
 
 
 def as_checkpoint(value: str | os.PathLike | Checkpoint | None) -> Checkpoint | None:
@@ -245,6 +258,8 @@ class Keeper:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            if any(self.checkpoint.directory.glob(STATE_GLOB)):
+                self.checkpoint.ignored = "it was saved by other options"
             return None
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -252,10 +267,13 @@ class Keeper:
             warnings.warn(
                 f"ignoring unreadable checkpoint {self.path}: {one_line(exc)}", stacklevel=2
             )
+            self.checkpoint.ignored = f"it is unreadable ({one_line(exc)})"
             return None
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            self.checkpoint.ignored = "it is of another format"
             return None
         if state.get("configs") != self._configs:
+            self.checkpoint.ignored = "it was saved by other options"
             return None
         return state
 
@@ -282,6 +300,7 @@ class Keeper:
         """
         state = self.load()
         if state is None:
+            self._restored()
             return None
         loop_order = list(alive)
         try:
@@ -311,13 +330,20 @@ class Keeper:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"checkpoint {self.path} does not fit this run ({one_line(exc)}); delete it to "
-                "start over"
+                "start over",
+                one_line(exc),
             ) from exc
         self._written = state["epoch"]
         self.checkpoint.saved_epoch = self._written
+        self.checkpoint.resumed_epoch = self._written
         if self.checkpoint.replay and report is not None:
             _replay(report, runs, order=loop_order)
+        self._restored()
         return state["epoch"] + 1, alive, pop, opt
+
+    def _restored(self) -> None:
+        if self.checkpoint.on_restore is not None:
+            self.checkpoint.on_restore(self.checkpoint)
 
 
 def _replay(report: _Report, runs: Sequence[_Run], *, order: Sequence[int]) -> None:

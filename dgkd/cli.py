@@ -8,7 +8,6 @@ is instant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,10 @@ from dgkd.cliparts import (
     EXIT_OK,
     OneLineParser,
     UsageError,
+    add_mlflow,
     add_set,
     add_version,
+    check_mlflow_uri,
     run_guarded,
 )
 from dgkd.config import METHODS, TrainConfig, parse_overrides
@@ -28,7 +29,7 @@ __all__ = ["ablate_main", "search_main", "train_main"]
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="dgkd-train",
         description="Train one student by distillation and print its final metrics.",
         epilog="Config fields for --set: docs/configuration.md (TrainConfig in dgkd/config.py). "
@@ -48,11 +49,15 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="start from a search's best.json (reruns "
-        "its best trial) or a config.json of --out; other options change it",
+        help="start from a search's best.json (reruns its best trial: all its seeds as one "
+        "population, its value their mean) or a config.json of --out; other options change it",
     )
+    p.add_argument("--seed", type=int, metavar="N", help="train this seed only (with a "
+                   "best.json: one of its trial's seeds)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="save config.json, metrics.json, history.csv "
-                   "and student.pt there; rerun an interrupted run to resume it")  # fmt: skip
+                   "and student.pt there (several seeds: in seed_<s>/ each); rerun an "
+                   "interrupted run to resume it")  # fmt: skip
+    add_mlflow(p, "the run (config, metrics by epoch, final metrics)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
@@ -61,50 +66,30 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``dgkd-train``: one training run with the final metrics as a table or JSON."""
-    args = _train_parser().parse_args(argv)
+    try:
+        args = _train_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return int(exc.code or 0)
 
     def body() -> int:
-        from dgkd.io import json_metrics
+        from dgkd.trainrun import rerun
 
         changes = parse_overrides(args.overrides)
-        for name in ("method", "alpha", "beta", "epsilon", "temperature"):
+        for name in ("method", "alpha", "beta", "epsilon", "temperature", "seed"):
             if getattr(args, name) is not None:
                 changes[name] = getattr(args, name)
-        from dgkd.runfiles import load_config, train_into
-
-        base = TrainConfig() if args.config is None else load_config(args.config)
-        cfg = base.replace(**changes)
-        result = train_into(args.out, cfg, progress=not args.json and sys.stderr.isatty())
-        if args.json:
-            print(json.dumps({"config": cfg.to_dict(), "metrics": json_metrics(result.metrics)}))
-        else:
-            _print_metrics(cfg, result.metrics)
-        return EXIT_OK
+        if args.mlflow is not None:
+            check_mlflow_uri(args.mlflow)
+        return rerun(
+            args.config,
+            changes,
+            out=args.out,
+            as_json=args.json,
+            mlflow=args.mlflow,
+            progress=not args.json and sys.stderr.isatty(),
+        )
 
     return run_guarded("dgkd-train", args.debug, body)
-
-
-def _print_metrics(cfg, metrics: dict[str, float]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    caption = f"{cfg.dataset}, teacher {cfg.teacher}, seed {cfg.seed}"
-    if cfg.method in ("dkd", "dgkd"):
-        caption = (
-            f"alpha={cfg.alpha:g} beta={cfg.beta:g} T={cfg.temperature:g}"
-            + (f" epsilon={cfg.epsilon:g}" if cfg.method == "dgkd" else "")
-            + f"\n{caption}"
-        )
-    table = Table(title=f"{cfg.method}: student {cfg.student}", caption=caption)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        shown = f"{value:.0f}" if key == "epochs" else f"{value:.4f}"
-        table.add_row(key, shown if isinstance(value, float) else str(value))
-    console = Console()
-    if not console.is_terminal:  # a pipe or file: the table's natural width, not 80 columns
-        console.width = 10_000
-    console.print(table)
 
 
 def _ablate_parser() -> argparse.ArgumentParser:
@@ -191,6 +176,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--list", action="store_true", help="list the packaged suites and studies")
+    add_mlflow(p, "every run (config, metrics by epoch, final metrics) once it is finished")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
     return p
@@ -247,6 +233,8 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             overrides=parse_overrides(args.overrides),
             out_dir=args.out,
         )
+        if args.mlflow is not None:
+            check_mlflow_uri(args.mlflow)
         plan = preflight(base, opts)  # every bad input is refused before anything is printed
         print(describe_base(base), file=sys.stderr)
         print(
@@ -263,6 +251,11 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             f"{result.ran} runs trained, {result.reused} reused; results in {result.directory}",
             file=sys.stderr,
         )
+        if args.mlflow is not None:
+            from dgkd.tracking import log_cells
+
+            logged = log_cells(args.mlflow, f"dgkd-ablate/{result.name}", result.cells)
+            print(f"{logged} runs logged to MLflow {args.mlflow}", file=sys.stderr)
         return EXIT_OK
 
     return run_guarded("dgkd-ablate", args.debug, body)
@@ -279,7 +272,8 @@ def _search_parser() -> argparse.ArgumentParser:
         description="Search a study's hyperparameters with Optuna (default) or Ray Tune. "
         "Rerunning the same command continues an interrupted search up to --trials.",
         epilog="Outputs in <out>/<study>/: trials.csv, best.json, importance.csv, "
-        "best_student.pt, history/trial_<n>.csv, optimization_history.png, learning_curves.png, "
+        "students/trial_<n>/seed_<s>.pt, best_student.pt, history/trial_<n>.csv, "
+        "optimization_history.png, learning_curves.png, "
         "accuracy_vs_<param>.png (one parameter) or param_importances.png and slice.png (more), "
         "trial_seeds.csv, confirm.csv and verdict.md (the confirm stage), "
         "and the Optuna storage: journal.log unless --storage (either backend). "
@@ -318,9 +312,11 @@ def _search_parser() -> argparse.ArgumentParser:
                    "the study in --storage) aside as <name>.old-<timestamp>")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="plain log lines, no live display")
     add_set(p, "override a field of the study's base config, repeatable (e.g. --set epochs=20)")
-    p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, metrics by "
-                   "epoch, final metrics) to this MLflow tracking URI, e.g. ./mlruns "
-                   "(needs pip install 'dgkd[mlflow]')")  # fmt: skip
+    add_mlflow(p, "every trial (config, metrics by epoch, final metrics)")
+    p.add_argument("--dashboard", type=int, nargs="?", const=8080, metavar="PORT",
+                   help="instead of searching, serve optuna-dashboard for the study's storage "
+                   "on http://127.0.0.1:PORT (default 8080) until Ctrl-C (needs pip install "
+                   "'dgkd[dashboard]')")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the packaged studies and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_version(p)
@@ -348,6 +344,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         from dgkd.search import TrialState, make_options, print_summary, run_search
 
         study = load_study(args.study)
+        if args.dashboard is not None:
+            return _dashboard(study, args)
         opts = make_options(
             study,
             trials=args.trials,
@@ -377,6 +375,17 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     return run_guarded("dgkd-search", args.debug, body)
+
+
+def _dashboard(study, args: argparse.Namespace) -> int:
+    from dgkd.search.dashboard import serve_dashboard
+    from dgkd.search.records import SearchOptions
+
+    if not 1 <= args.dashboard <= 65535:
+        raise UsageError(f"--dashboard takes a port in 1..65535, got {args.dashboard}")
+    out_dir = Path(args.out).expanduser() / study.name
+    serve_dashboard(study, SearchOptions(1, out_dir, storage=args.storage), args.dashboard)
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,8 +18,10 @@ __all__ = [
     "EXIT_USAGE",
     "OneLineParser",
     "UsageError",
+    "add_mlflow",
     "add_set",
     "add_version",
+    "check_mlflow_uri",
     "run_guarded",
 ]
 
@@ -72,6 +74,28 @@ def add_set(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text
     )
+
+
+MLFLOW_EXAMPLE = "sqlite:///runs/mlflow.db"
+
+
+def add_mlflow(p: argparse.ArgumentParser, what: str) -> None:
+    """The ``--mlflow URI`` option every command shares."""
+    p.add_argument("--mlflow", metavar="URI", help=f"also log {what} to this MLflow tracking "
+                   f"URI, e.g. {MLFLOW_EXAMPLE} (needs pip install 'dgkd[mlflow]')")  # fmt: skip
+
+
+def check_mlflow_uri(uri: str) -> None:
+    """Refuse ``--mlflow`` without MLflow installed, or with a URI it cannot use.
+
+    Raises:
+        UsageError: either; its one line says what to do.
+    """
+    from dgkd.tracking import mlflow_problem
+
+    problem = mlflow_problem(uri)
+    if problem is not None:
+        raise UsageError(problem)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -255,7 +255,7 @@ def load_splits(
     *,
     data_root: str | os.PathLike = "",
     download: bool = False,
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.2,
     split_seed: int = 0,
     val_pool: int = 10_000,
     test_pool: int = 20_000,
@@ -268,7 +268,9 @@ def load_splits(
             Empty means ``$DGKD_CACHE/data``.
         download: Let torchvision download missing image files.
         val_fraction: Share of the training set held out for validation, in [0, 1): image data,
-            and MNIST-1D with ``val_pool`` 0.
+            and MNIST-1D with ``val_pool`` 0. Every default here is ``TrainConfig``'s, so
+            ``load_splits()`` gives the default run's splits; ``dgkd.train.splits_for(cfg)`` (or
+            ``dgkd.load_run``) gives a config's.
         split_seed: Seed of that validation split; fixed across runs so that trials compare.
         val_pool: MNIST-1D: validate on this many examples drawn fresh from the generator
             (seed :data:`VAL_POOL_SEED`) and train on the whole published training set; 0 =

@@ -58,6 +58,8 @@ class TrainResult:
     duration_s: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)  # the trained student
     error: Exception | None = field(default=None, repr=False)
+    num_classes: int = 0  # of the data it trained on: what build_model needs besides the config
+    input_shape: tuple[int, ...] = ()
 
 
 def splits_for(cfg: TrainConfig) -> Splits:
@@ -216,6 +218,7 @@ def _train_population(
     duration = time.perf_counter() - start
     for result in results:
         result.duration_s = duration
+        result.num_classes, result.input_shape = splits.num_classes, tuple(splits.input_shape)
         if result.error is None:
             result.metrics["duration_s"] = duration
     return results

@@ -271,7 +271,9 @@ def test_dgkd_train_resumes_when_rerun_after_sigterm(
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
     monkeypatch.setattr(ckpt.Keeper, "epoch_end", real)
     assert train_main(run) == 0
-    assert _json_metrics(capsys.readouterr().out) == plain
+    printed = capsys.readouterr()
+    assert _json_metrics(printed.out) == plain
+    assert printed.err.strip() == f"dgkd-train: resumed from epoch 3 of 5 ({out / 'checkpoints'})"
     saved = json.loads((out / "metrics.json").read_text())
     assert {k: v for k, v in saved.items() if k != "duration_s"} == plain
     assert sorted(p.name for p in out.iterdir()) == [
@@ -280,3 +282,53 @@ def test_dgkd_train_resumes_when_rerun_after_sigterm(
         "metrics.json",
         "student.pt",
     ]  # the checkpoint went once the files were written
+    resumed = f"resumed from epoch 3 of 5 ({out / 'checkpoints'})"
+    assert json.loads((out / "config.json").read_text())["resume"] == resumed
+
+
+def test_dgkd_train_says_whether_it_resumed_or_started_over_and_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    argv = ["--json", "--set", "epochs=4", "--set", "teacher_epochs=2", *TINY_POOL_ARGS,
+            "--set", "checkpoint_every=1", "--out", str(out)]  # fmt: skip
+    real = ckpt.Keeper.epoch_end
+
+    def interrupt_at_2(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
+        real(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    def interrupted(*extra: str) -> None:
+        monkeypatch.setattr(ckpt.Keeper, "epoch_end", interrupt_at_2)
+        assert train_main([*argv, *extra]) == 130
+        monkeypatch.setattr(ckpt.Keeper, "epoch_end", real)
+        capsys.readouterr()
+
+    def rerun(*extra: str) -> str:
+        assert train_main([*argv, *extra]) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert json.loads((out / "config.json").read_text())["resume"] == err[0][12:]
+        return err[0]
+
+    checkpoints = out / "checkpoints"
+    interrupted()
+    assert rerun() == f"dgkd-train: resumed from epoch 2 of 4 ({checkpoints})"
+    interrupted()
+    assert rerun("--set", "lr=0.01") == (
+        f"dgkd-train: started over: the state saved in {checkpoints} did not fit (it was saved "
+        "by other options)"
+    )
+    interrupted()
+    (state,) = _states(checkpoints)
+    saved = torch.load(state, weights_only=True)
+    del saved["lrs"]  # a state of the same options that this code cannot use
+    torch.save(saved, state)
+    assert rerun() == (
+        f"dgkd-train: started over: the state saved in {checkpoints} did not fit ('lrs')"
+    )
+    assert not checkpoints.exists()
+    assert train_main(argv) == 0  # nothing saved: nothing said
+    assert capsys.readouterr().err == ""
+    assert json.loads((out / "config.json").read_text())["resume"] is None

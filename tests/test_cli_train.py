@@ -111,7 +111,8 @@ def test_out_saves_config_metrics_history_and_student(tmp_path: Path, capsys) ->
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "history.csv", "metrics.json", "student.pt",
     ]  # fmt: skip
-    assert json.loads((out / "config.json").read_text()) == printed["config"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved == {**printed["config"], "num_classes": 10, "input_shape": [40], "resume": None}
     assert json.loads((out / "metrics.json").read_text()) == printed["metrics"]
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2] and "val_acc" in history.columns

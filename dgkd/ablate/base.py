@@ -123,8 +123,10 @@ def _best_params(spec: Study, *, storage: str | None, out_dir: Path) -> tuple[di
     where = storage or str(study_dir / "journal.log")
     params = best_params(spec, out_dir=study_dir, storage=storage)
     if params is None:
+        out = "" if out_dir == Path(OUT_DIR) else f" --out {out_dir}"
+        out += f" --storage {storage}" if storage else ""
         raise AblateError(
             f"study {spec.name!r} has no finished trials in {where}; run "
-            f"'dgkd-search --study {spec.name}' first, or use --study {spec.name} for its base"
+            f"'dgkd-search --study {spec.name}{out}' first, or use --study {spec.name} for its base"
         )
     return dict(params), where

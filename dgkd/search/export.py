@@ -26,7 +26,7 @@ from dgkd.search.plots import (
 )
 from dgkd.search.records import TrialRecord, TrialState, completed
 from dgkd.search.seeds import SEED_COLUMNS, baseline_record, seed_columns, seeds_frame
-from dgkd.search.trialfiles import BEST_STUDENT, keep_best_student
+from dgkd.search.trialfiles import BEST_STUDENT, keep_best_student, trial_students
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -239,13 +239,12 @@ def write_search_outputs(
     out = Path(out_dir)
     params = [p.name for p in study.space.searched()]
     best = best_record(records, study.direction)
-    keep_best_student(out, records, None if best is None else best.number)
+    first = keep_best_student(out, records, None if best is None else best.number)
     baseline = baseline_record(study, records)
     frame = trials_frame(records, params, baseline=baseline, metric=study.metric)
     written = [write_csv(out / TRIALS_FILE, frame)]
     written.append(write_csv(out / TRIAL_SEEDS_FILE, seeds_frame(records)))
-    student = out / BEST_STUDENT if (out / BEST_STUDENT).is_file() else None
-    summary = _best_summary(study, records, overrides, student)
+    summary = _best_summary(study, records, overrides, out, first)
     if verdict is not None:
         summary["verdict"] = verdict
     written.append(write_json(out / BEST_FILE, summary))
@@ -281,8 +280,13 @@ def _best_summary(
     study: Study,
     records: Sequence[TrialRecord],
     overrides: dict[str, Any] | None,
-    student: Path | None,
+    out_dir: Path,
+    first: Path | None,
 ) -> dict[str, Any]:
+    """best.json's content. ``seeds`` and ``seed_metrics`` pair up (``dgkd-train --config
+    best.json`` reruns them all as one population); ``students`` maps each seed to its student's
+    file (relative to the search's directory) and ``student`` is ``best_student.pt``, a copy of
+    seed ``student_seed``'s."""
     best = best_record(records, study.direction)
     out: dict[str, Any] = {
         "study": study.name,
@@ -297,15 +301,22 @@ def _best_summary(
     if best is None:
         return out
     cfg = study.config(best.params, overrides)
+    students = trial_students(out_dir, best.number)
     out.update(
         number=best.number,
         value=best.value,
         params=dict(best.params),
         metrics=dict(best.metrics),  # the mean over its seeds
-        seeds=list(best.seeds),  # config (its seed: the first) reruns seed_metrics[0]
+        seeds=list(best.seeds),  # config (its seed: the first) and --seed pick one
         seed_metrics=[dict(m) for m in best.seed_metrics],
         config=cfg.to_dict(),
-        student=None if student is None else student.name,
+        students={str(s): p.relative_to(out_dir).as_posix() for s, p in students.items()},
+        student=BEST_STUDENT if first is not None else None,
+        student_seed=None if first is None else _seed_of(first),
         command=train_command(cfg),
     )
     return out
+
+
+def _seed_of(path: Path) -> int:
+    return int(path.stem.removeprefix("seed_"))

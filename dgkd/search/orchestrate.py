@@ -141,15 +141,11 @@ def make_options(
 
 def _check_mlflow(uri: str) -> None:
     """Refuse ``--mlflow`` without MLflow installed, or with a URI it cannot use."""
-    from dgkd.errors import one_line
-    from dgkd.tracking import check_mlflow
+    from dgkd.tracking import mlflow_problem
 
-    try:
-        check_mlflow(uri)
-    except ImportError:
-        raise SearchInputError("--mlflow needs MLflow: pip install 'dgkd[mlflow]'") from None
-    except Exception as exc:
-        raise SearchInputError(f"--mlflow {uri}: {one_line(exc)}") from None
+    problem = mlflow_problem(uri)
+    if problem is not None:
+        raise SearchInputError(problem)
 
 
 def _cluster_backends() -> str:
@@ -289,9 +285,7 @@ def print_summary(
     console.print(table)
     if not done:
         console.print("no trial has completed yet")
-    console.print(
-        f"outputs: {opts.out_dir}/ (trials.csv, best.json, best_student.pt, history/, *.png)"
-    )
+    console.print(f"outputs: {opts.out_dir}/ (trials.csv, best.json, students/, history/, *.png)")
     command = get_backend(opts.backend).inspect_command(study, opts)
     if command:
         console.print(f"inspect: {command}", soft_wrap=True)

@@ -48,6 +48,7 @@ class TrialOutcome:
     model: Any = field(default=None, repr=False)  # the first seed's student (COMPLETE only)
     seeds: tuple[int, ...] = ()
     seed_metrics: list[dict[str, float]] = field(default_factory=list)  # final metrics per seed
+    models: tuple[Any, ...] = field(default=(), repr=False)  # every seed's student (COMPLETE)
 
 
 @dataclass(frozen=True)
@@ -268,4 +269,5 @@ def _outcome(
         model=mine[0].model,
         seeds=tuple(seeds),
         seed_metrics=per_seed,
+        models=tuple(r.model for r in mine),
     )

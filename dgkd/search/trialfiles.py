@@ -1,12 +1,14 @@
-"""Per-trial files of a search: every trial's history, the best trial's student, checkpoints.
+"""Per-trial files of a search: every trial's history, its students, checkpoints.
 
 A trial writes ``history/trial_<number>.csv`` (one row per epoch it trained, pruned and failed
-trials too) and, when it completes, its student's ``state_dict`` to ``students/<number>.pt``.
-The exporter (:func:`keep_best_student`) moves the best trial's student to ``best_student.pt``
-and deletes the students of finished trials that are not the best (they can never become it),
-so the directory holds one student, plus those of trials still running. While it trains, a
-trial keeps its state in ``checkpoints/trial_<number>/`` (:func:`trial_checkpoint`): deleted
-when it ends, kept when it is interrupted, for the trial that re-runs it to resume.
+trials too) and, when it completes, each seed's student (a ``state_dict``) to
+``students/trial_<number>/seed_<seed>.pt``. Only complete trials keep students: a pruned or
+failed trial has none worth rerunning (a default MNIST-1D student is about 25 kB, so a 200-trial
+search of 4 seeds keeps about 20 MB). The exporter (:func:`keep_best_student`) copies the best
+trial's first seed to ``best_student.pt`` (``best.json`` says which trial and seed it is, and
+names every seed's file). While it trains, a trial keeps its state in
+``checkpoints/trial_<number>/`` (:func:`trial_checkpoint`): deleted when it ends, kept when it
+is interrupted, for the trial that re-runs it to resume.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dgkd.io import atomic_write_text
+from dgkd.io import atomic_write_bytes, atomic_write_text
 from dgkd.runfiles import history_csv, save_student
-from dgkd.search.records import FINAL_STATES, INTERRUPTED, TrialRecord
+from dgkd.search.records import FINAL_STATES, INTERRUPTED, TrialRecord, TrialState
 
 __all__ = [
     "BEST_STUDENT",
@@ -29,16 +31,19 @@ __all__ = [
     "STUDENTS_DIR",
     "history_csv",
     "save_student",
+    "save_students",
+    "seed_file",
     "checkpoint_path",
     "history_path",
     "keep_best_student",
     "student_path",
+    "trial_students",
     "trial_checkpoint",
     "write_history",
 ]
 
 HISTORY_DIR = "history"  # under runs/<study>/
-STUDENTS_DIR = "students"  # students of trials not yet judged (running, or the best so far)
+STUDENTS_DIR = "students"  # students/trial_<n>/seed_<s>.pt: every complete trial's
 BEST_STUDENT = "best_student.pt"
 CHECKPOINTS_DIR = "checkpoints"  # the state of trials running, or interrupted and not yet re-run
 
@@ -48,9 +53,35 @@ def history_path(out_dir: str | Path, number: int) -> Path:
     return Path(out_dir) / HISTORY_DIR / f"trial_{number}.csv"
 
 
-def student_path(out_dir: str | Path, number: int) -> Path:
-    """``<out_dir>/students/<number>.pt``: a completed trial's student until it is judged."""
-    return Path(out_dir) / STUDENTS_DIR / f"{number}.pt"
+def seed_file(seed: int) -> str:
+    """``seed_<seed>.pt``: the name of one seed's student."""
+    return f"seed_{seed}.pt"
+
+
+def student_path(out_dir: str | Path, number: int, seed: int) -> Path:
+    """``<out_dir>/students/trial_<number>/seed_<seed>.pt``: a complete trial's student."""
+    return Path(out_dir) / STUDENTS_DIR / f"trial_{number}" / seed_file(seed)
+
+
+def trial_students(out_dir: str | Path, number: int) -> dict[int, Path]:
+    """Trial ``number``'s saved students by seed (empty when it kept none)."""
+    folder = Path(out_dir) / STUDENTS_DIR / f"trial_{number}"
+    out = {}
+    for path in folder.glob("seed_*.pt"):
+        seed = path.stem.removeprefix("seed_")
+        if seed.lstrip("-").isdigit():
+            out[int(seed)] = path
+    return dict(sorted(out.items()))
+
+
+def save_students(
+    out_dir: str | Path, number: int, seeds: Sequence[int], models: Sequence[Any]
+) -> list[Path]:
+    """Each seed's student of trial ``number`` at :func:`student_path`, atomically."""
+    return [
+        save_student(student_path(out_dir, number, seed), model)
+        for seed, model in zip(seeds, models, strict=True)
+    ]
 
 
 def checkpoint_path(out_dir: str | Path, number: int) -> Path:
@@ -87,20 +118,25 @@ def write_history(out_dir: str | Path, number: int, rows: Sequence[Mapping[str, 
 
 def keep_best_student(
     out_dir: str | Path, records: Sequence[TrialRecord], best: int | None
-) -> None:
-    """Move trial ``best``'s student to ``best_student.pt``; delete those of finished trials
-    that are not the best, and the checkpoints of finished trials that will not be re-run.
-    Safe to run from several processes at once."""
+) -> Path | None:
+    """Copy trial ``best``'s first seed's student to ``best_student.pt`` (when it is not that
+    already) and return the seed's file; delete the students of finished trials that did not
+    complete, and the checkpoints of finished trials that will not be re-run. Safe to run from
+    several processes at once."""
     out = Path(out_dir)
     for r in records:  # a killed process may leave one; an interrupted trial's re-run needs its
         if r.state in FINAL_STATES and not r.fail_reason.startswith(INTERRUPTED):
             shutil.rmtree(checkpoint_path(out, r.number), ignore_errors=True)
-    folder = out / STUDENTS_DIR
-    if not folder.is_dir():
-        return
-    if best is not None:
-        with contextlib.suppress(FileNotFoundError):  # already moved (here or by another process)
-            os.replace(student_path(out, best), out / BEST_STUDENT)
-    for r in records:
-        if r.number != best and r.state in FINAL_STATES:
-            student_path(out, r.number).unlink(missing_ok=True)
+        if r.state in FINAL_STATES and r.state != TrialState.COMPLETE:
+            shutil.rmtree(out / STUDENTS_DIR / f"trial_{r.number}", ignore_errors=True)
+    if best is None:
+        return None
+    students = trial_students(out, best)
+    if not students:
+        return None
+    first = next(iter(students.values()))
+    target = out / BEST_STUDENT
+    data = first.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        atomic_write_bytes(target, data)
+    return first

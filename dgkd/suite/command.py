@@ -36,6 +36,10 @@ def suite_command(
 
     if args.storage:
         raise UsageError("--storage is only read with --from-study; drop it with --suite")
+    if args.mlflow is not None:
+        from dgkd.cliparts import check_mlflow_uri
+
+        check_mlflow_uri(args.mlflow)
     plan = plan_suite(args.suite, opts, overrides=overrides)  # every setup checked first
     print(
         f"suite {plan.suite.name}: {len(plan.setups)} setups x "
@@ -54,4 +58,11 @@ def suite_command(
         "(suite.csv, suite.md, suite.png)",
         file=sys.stderr,
     )
+    if args.mlflow is not None:  # one experiment per setup: dgkd-ablate/<suite>/<setup>
+        from dgkd.tracking import log_cells
+
+        logged = sum(
+            log_cells(args.mlflow, f"dgkd-ablate/{r.name}", r.cells) for _, r in result.ablations
+        )
+        print(f"{logged} runs logged to MLflow {args.mlflow}", file=sys.stderr)
     return EXIT_OK

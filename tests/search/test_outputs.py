@@ -64,25 +64,51 @@ def test_every_trial_has_its_history_and_the_best_student_is_kept(searched: Path
         assert list(history["epoch"]) == [1, 2]
         assert {"train_loss", "val_acc"} <= set(history.columns)
     best = json.loads((run / "best.json").read_text())
-    assert best["student"] == "best_student.pt"
+    assert best["student"] == "best_student.pt" and best["student_seed"] == best["seeds"][0] == 0
+    number = best["number"]
+    assert best["students"] == {
+        str(s): f"students/trial_{number}/seed_{s}.pt" for s in best["seeds"]
+    }
     cfg = best["config"]
     model = build_model(
         cfg["student"], num_classes=10, input_shape=(40,), width=cfg["student_width"]
     )
     model.load_state_dict(torch.load(run / "best_student.pt", weights_only=True))
+    first = (run / best["students"]["0"]).read_bytes()
+    assert (run / "best_student.pt").read_bytes() == first
+    assert (run / best["students"]["1"]).read_bytes() != first  # each seed its own student
+    # Every complete trial keeps every seed's student.
+    for number in trials.loc[trials["state"] == "COMPLETE", "number"]:
+        kept = sorted(p.name for p in (run / "students" / f"trial_{number}").iterdir())
+        assert kept == [f"seed_{s}.pt" for s in range(4)]
 
 
 def test_train_config_best_json_reruns_the_best_trial(
     searched: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    best = json.loads((searched / "smoke" / "best.json").read_text())
+    path = str(searched / "smoke" / "best.json")
+    best = json.loads(Path(path).read_text())
     capsys.readouterr()
-    assert train_main(["--config", str(searched / "smoke" / "best.json"), "--json"]) == 0
+    # All the trial's seeds, as one population: its value and every seed's metrics again.
+    assert train_main(["--config", path, "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["config"] == best["config"]
-    assert best["seeds"][0] == best["config"]["seed"]  # the config reruns the first seed
-    for key in ("val_acc", "test_acc", "test_agreement"):
-        assert again["metrics"][key] == pytest.approx(best["seed_metrics"][0][key], abs=1e-6)
+    assert again["seeds"] == best["seeds"] == [0, 1, 2, 3]
+    assert again["metric"] == "val_acc" and again["value"] == pytest.approx(best["value"])
+    for ours, theirs in zip(again["seed_metrics"], best["seed_metrics"], strict=True):
+        for key in ("val_acc", "test_acc", "test_agreement", "train_loss", "train_nc1"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    # The table says the same, beside best.json's value.
+    assert train_main(["--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3" in out and "mean" in out
+    value = f"{best['value']:.4f}"
+    assert f"val_acc {value}: the mean over seeds 0, 1, 2, 3; best.json: {value}" in out
+    # --seed picks one.
+    assert train_main(["--config", path, "--seed", "2", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["config"]["seed"] == 2
+    assert one["metrics"]["val_acc"] == pytest.approx(best["seed_metrics"][2]["val_acc"])
 
 
 def test_no_library_log_line_and_no_cut_table(

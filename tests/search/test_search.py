@@ -71,12 +71,15 @@ def test_smoke_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert best["value"] == done["value"].max()
     assert best["config"]["epochs"] == 2 and best["command"].startswith("dgkd-train")
     assert "trial 0 COMPLETE val_acc=" in out and "8/8 done" in out
-    assert "smoke: 8/8 trials" in out and "optuna trials --flatten --study-name smoke" in out
+    assert "smoke: 8/8 trials" in out
+    assert "optuna best-trial --flatten -f yaml --study-name smoke" in out
     assert not (run / "param_importances.png").exists()  # one parameter: importance is 1
     assert sorted(p.name for p in (run / "history").iterdir()) == [
         f"trial_{n}.csv" for n in sorted(range(8), key=str)
     ]
-    assert not (run / "students").exists()  # judged: only the best one is kept
+    assert sorted(p.name for p in (run / "students").iterdir()) == sorted(
+        f"trial_{n}" for n in done["number"]
+    )  # every complete trial's, and only theirs
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(run / "journal.log"))
     )

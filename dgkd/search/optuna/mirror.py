@@ -19,7 +19,7 @@ from optuna.trial import TrialState as OptunaState
 from dgkd.io import json_metrics
 from dgkd.search.common import Log
 from dgkd.search.inmemory import quiet_optuna
-from dgkd.search.optuna.records import TRIAL_ATTRS
+from dgkd.search.optuna.records import SEED_METRICS_ATTR, TRIAL_ATTRS, seed_attrs
 from dgkd.search.optuna.storage import create_or_load, open_for_search
 from dgkd.search.records import FINAL_STATES, SearchOptions, TrialRecord, TrialState
 
@@ -35,15 +35,21 @@ _STATES = {
 }
 
 
-def frozen_trial(record: TrialRecord, distributions: dict[str, Any]) -> FrozenTrial:
-    """A finished record as an Optuna trial (number and id are assigned when it is added)."""
+def frozen_trial(
+    record: TrialRecord, distributions: dict[str, Any], metric: str = ""
+) -> FrozenTrial:
+    """A finished record as an Optuna trial (number and id are assigned when it is added);
+    ``metric``: the study's, whose value per seed is a user attribute of its own."""
     attrs: dict[str, Any] = {
         k: v for k, v in json_metrics(record.metrics).items() if k not in TRIAL_ATTRS
     }
     if record.seeds:
         attrs["seeds"] = list(record.seeds)
+    system: dict[str, Any] = {}
     if record.seed_metrics:
-        attrs["seed_metrics"] = [json_metrics(m) for m in record.seed_metrics]
+        system[SEED_METRICS_ATTR] = [json_metrics(m) for m in record.seed_metrics]
+        if metric:
+            attrs.update(seed_attrs(record.seeds, record.seed_metrics, metric))
     if record.state == TrialState.PRUNED and record.pruned_epoch is not None:
         attrs["pruned_epoch"] = record.pruned_epoch
     if record.state == TrialState.FAIL:
@@ -64,7 +70,7 @@ def frozen_trial(record: TrialRecord, distributions: dict[str, Any]) -> FrozenTr
         params=params,
         distributions=distributions if fits else {},
         user_attrs=attrs,
-        system_attrs={},
+        system_attrs=system,
         intermediate_values=dict(record.curve),
     )
 
@@ -83,6 +89,7 @@ class StorageMirror:
             storage = open_for_search(study, opts, log)
             self.ostudy = create_or_load(study, opts, storage, enqueue=False)
         self.distributions = study.space.distributions()
+        self.metric = study.metric
 
     def update(self, records: Sequence[TrialRecord]) -> int:
         """Add the records not yet stored, up to the first one still unfinished; how many."""
@@ -95,7 +102,7 @@ class StorageMirror:
                 if r.number != n or r.state not in FINAL_STATES:
                     break
                 try:
-                    self.ostudy.add_trial(frozen_trial(r, self.distributions))
+                    self.ostudy.add_trial(frozen_trial(r, self.distributions, self.metric))
                 except ValueError:  # a value outside today's space: keep the number anyway
                     bare = TrialRecord(r.number, r.state, r.value, {}, metrics=r.metrics)
                     self.ostudy.add_trial(frozen_trial(bare, {}))

@@ -5,6 +5,12 @@ sorts and plots in ``optuna trials``, ``trials_dataframe()`` and the dashboard);
 epoch is the trial's intermediate values. Searches from before this layout kept the metrics in
 one ``metrics`` attribute, still read.
 
+Per-seed metrics. The study's metric of each seed is a numeric user attribute of its own
+(``seed0_val_acc``, ``seed1_val_acc``, ...), so ``optuna trials --flatten`` shows one short column
+per seed; every final metric of every seed is the system attribute ``dgkd_seed_metrics`` (a list
+of dicts, one per seed, in the order of the ``seeds`` attribute), which Optuna's tables do not
+show. Searches from before kept that list in the ``seed_metrics`` user attribute, still read.
+
 Budget. ``--trials`` is the study's total: finished trials in any state count, except those cut
 off by an interruption, which keep their number (state FAIL, ``fail_reason`` "interrupted ...")
 and are re-run from the same parameters under a new number.
@@ -13,7 +19,8 @@ and are re-run from the same parameters under a new number.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optuna.trial import FrozenTrial
@@ -21,7 +28,17 @@ from optuna.trial import TrialState as OptunaState
 
 from dgkd.search.records import INTERRUPTED, TrialRecord, TrialState
 
-__all__ = ["TRIAL_ATTRS", "metric_attrs", "occupied", "to_records"]
+__all__ = [
+    "SEED_METRICS_ATTR",
+    "TRIAL_ATTRS",
+    "metric_attrs",
+    "occupied",
+    "seed_attrs",
+    "to_records",
+]
+
+SEED_METRICS_ATTR = "dgkd_seed_metrics"  # system attribute: every seed's final metrics
+_SEED_ATTR = re.compile(r"seed-?\d+_")  # user attributes seed<s>_<metric>: one seed's metric
 
 # User attributes that are not final metrics (the rest, numbers or None, are).
 TRIAL_ATTRS = frozenset(
@@ -47,8 +64,27 @@ def metric_attrs(user_attrs: dict[str, Any]) -> dict[str, float]:
     for k, v in items:
         if k in TRIAL_ATTRS or isinstance(v, bool) or not isinstance(v, int | float | None):
             continue
+        if _SEED_ATTR.match(k):
+            continue
         out[k] = math.nan if v is None else float(v)
     return out
+
+
+def seed_attrs(
+    seeds: Sequence[int], seed_metrics: Sequence[Mapping[str, float]], metric: str
+) -> dict[str, float | None]:
+    """The flat user attributes of a trial's seeds: ``seed<s>_<metric>`` each (None for NaN)."""
+    out: dict[str, float | None] = {}
+    for seed, metrics in zip(seeds, seed_metrics, strict=False):
+        value = metrics.get(metric)
+        if isinstance(value, int | float):
+            out[f"seed{seed}_{metric}"] = float(value) if math.isfinite(value) else None
+    return out
+
+
+def _seed_metrics(t: FrozenTrial) -> list[dict[str, float]]:
+    stored = t.system_attrs.get(SEED_METRICS_ATTR, t.user_attrs.get("seed_metrics", ()))
+    return [metric_attrs(m) for m in stored if isinstance(m, dict)]
 
 
 def _retries(trials: Sequence[FrozenTrial]) -> dict[int, int]:
@@ -116,7 +152,7 @@ def to_records(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
                 fail_epoch=ua.get("fail_epoch") if state == TrialState.FAIL else None,
                 curve={int(k): float(v) for k, v in t.intermediate_values.items()},
                 seeds=tuple(int(x) for x in ua.get("seeds", ())),
-                seed_metrics=[metric_attrs(m) for m in ua.get("seed_metrics", ())],
+                seed_metrics=_seed_metrics(t),
             )
         )
     return out

@@ -121,15 +121,13 @@ def storage_label(opts: SearchOptions) -> str:
 
 
 def inspect_command(study: Study, opts: SearchOptions) -> str:
-    """The ``optuna trials`` command that lists the study's trials from its storage, one column
-    per parameter and final metric (``--flatten``)."""
+    """The ``optuna best-trial`` command that shows the study's best trial from its storage,
+    one line per parameter and metric (per seed too: ``user_attrs_seed<s>_<metric>``); the
+    environment variable keeps Optuna's warning that the command is experimental off."""
+    head = f"PYTHONWARNINGS=ignore optuna best-trial --flatten -f yaml --study-name {study.name}"
     if is_url(opts.storage):
-        url = redact(driver_url(opts.storage))
-        return f"optuna trials --flatten --study-name {study.name} --storage '{url}'"
-    return (
-        f"optuna trials --flatten --study-name {study.name} --storage {journal_path(opts)} "
-        "--storage-class JournalFileBackend"
-    )
+        return f"{head} --storage '{redact(driver_url(opts.storage))}'"
+    return f"{head} --storage {journal_path(opts)} --storage-class JournalFileBackend"
 
 
 # --- opening ----------------------------------------------------------------------------------

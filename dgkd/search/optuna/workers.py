@@ -25,7 +25,13 @@ from dgkd.io import json_metrics
 from dgkd.runtime import set_threads
 from dgkd.search.common import trial_seeds
 from dgkd.search.optuna.batch import Batch, BatchFailed
-from dgkd.search.optuna.records import TRIAL_ATTRS, occupied, to_records
+from dgkd.search.optuna.records import (
+    SEED_METRICS_ATTR,
+    TRIAL_ATTRS,
+    occupied,
+    seed_attrs,
+    to_records,
+)
 from dgkd.search.optuna.recovery import retried_trial, worker_id
 from dgkd.search.optuna.storage import defer_interrupt, is_url, journal_path, uninterruptible
 from dgkd.search.records import (
@@ -37,8 +43,7 @@ from dgkd.search.records import (
 from dgkd.search.sampling import make_pruner, make_sampler
 from dgkd.search.trial import TrialJob, TrialOutcome, TrialTracking, train_trial
 from dgkd.search.trialfiles import (
-    save_student,
-    student_path,
+    save_students,
     trial_checkpoint,
     write_history,
 )
@@ -274,14 +279,18 @@ class Worker:
                 trial.set_user_attr(key, value)
         trial.set_user_attr("seeds", list(outcome.seeds))
         if outcome.seed_metrics:
-            trial.set_user_attr("seed_metrics", [json_metrics(m) for m in outcome.seed_metrics])
+            per_seed = [json_metrics(m) for m in outcome.seed_metrics]
+            trial.storage.set_trial_system_attr(trial._trial_id, SEED_METRICS_ATTR, per_seed)
+            flat = seed_attrs(outcome.seeds, outcome.seed_metrics, self.study.metric)
+            for key, value in flat.items():
+                trial.set_user_attr(key, value)
         if outcome.fail_epoch is not None:
             trial.set_user_attr("fail_epoch", outcome.fail_epoch)
         if outcome.state != TrialState.COMPLETE or outcome.value is None:
             trial.set_user_attr("fail_reason", outcome.fail_reason)
             raise _TrialFailed(outcome.fail_reason)
-        if outcome.model is not None:  # before the trial is COMPLETE: the exporter judges it
-            save_student(student_path(self.opts.out_dir, trial.number), outcome.model)
+        if outcome.models:  # before the trial is COMPLETE: the exporter reads them then
+            save_students(self.opts.out_dir, trial.number, outcome.seeds, outcome.models)
         return outcome.value
 
 

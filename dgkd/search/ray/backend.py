@@ -34,7 +34,7 @@ from dgkd.search.common import (
     trial_seeds,
     trial_total,
 )
-from dgkd.search.export import best_record, jsonable
+from dgkd.search.export import jsonable
 from dgkd.search.optuna.mirror import StorageMirror
 from dgkd.search.optuna.storage import check_storage, inspect_command
 from dgkd.search.ray.cluster import connect, resolve_address
@@ -60,7 +60,7 @@ from dgkd.search.records import (
 )
 from dgkd.search.reporter import SearchReporter
 from dgkd.search.trial import TrialTracking, train_trial
-from dgkd.search.trialfiles import save_student, student_path, write_history
+from dgkd.search.trialfiles import save_student, seed_file, student_path, write_history
 
 if TYPE_CHECKING:
     from dgkd.study import Study
@@ -181,6 +181,8 @@ def _trial(
         return
     with tempfile.TemporaryDirectory(prefix="dgkd-student-") as tmp:
         save_student(Path(tmp) / STUDENT_FILE, outcome.model)
+        for seed, model in zip(outcome.seeds, outcome.models, strict=True):
+            save_student(Path(tmp) / seed_file(seed), model)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -230,17 +232,21 @@ def _segment_name(study: Study, index: int) -> str:
 def _keep(
     study: Study, opts: SearchOptions, records: Sequence[TrialRecord], done: Sequence[Done]
 ) -> None:
-    """Every trial's history under ``history/``, the best one's student under ``students/``
-    (the exporter moves it to ``best_student.pt``)."""
+    """Every trial's history under ``history/``, every complete one's students under
+    ``students/`` (the exporter copies the best one's first seed to ``best_student.pt``)."""
     for d in done:
         if d.history:
             write_history(opts.out_dir, d.record.number, d.history)
-    best = best_record(records, study.direction)
-    student = next((d.student for d in done if best and d.record.number == best.number), None)
-    if best is not None and student is not None:
-        target = student_path(opts.out_dir, best.number)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, student.read_bytes())
+        seeds = d.record.seeds or (0,)
+        if d.record.state != TrialState.COMPLETE or d.student is None:
+            continue
+        for seed in seeds:
+            source = d.student.parent / seed_file(seed)
+            if not source.is_file() and seed == seeds[0]:  # a checkpoint of before: one seed
+                source = d.student
+            if source.is_file():
+                atomic_write_bytes(student_path(opts.out_dir, d.record.number, seed),
+                                   source.read_bytes())  # fmt: skip
 
 
 def _search(

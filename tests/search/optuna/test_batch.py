@@ -41,7 +41,9 @@ def test_a_batched_search_matches_one_trial_at_a_time(tmp_path: Path) -> None:
     for a, b in zip(one, batch, strict=True):
         assert (a.number, a.params, a.state) == (b.number, b.params, b.state)
         assert a.value == b.value and a.intermediate_values == b.intermediate_values
-        assert _timeless(a.user_attrs["seed_metrics"]) == _timeless(b.user_attrs["seed_metrics"])
+        assert _timeless(a.system_attrs["dgkd_seed_metrics"]) == _timeless(
+            b.system_attrs["dgkd_seed_metrics"]
+        )
     frames = [pd.read_csv(tmp_path / d / "smoke" / "trial_seeds.csv") for d in ("one", "batch")]
     assert frames[0].drop(columns="duration_s").equals(frames[1].drop(columns="duration_s"))
 

@@ -106,13 +106,26 @@ def test_two_workers_share_one_journal_and_stop_at_the_total(tmp_path: Path) -> 
     assert len(trials) == 6
     owners = {t.user_attrs["worker"].split(":")[1] for t in trials}
     assert len(owners) == 2  # both processes ran trials
-    # The storage stays readable by Optuna's own CLI, with the documented command.
+    # The storage stays readable by Optuna's own CLI, with the command the search prints: the
+    # best trial, one short line per parameter and metric, each seed's metric too.
     opts = SearchOptions(1, tmp_path / "smoke")
     command = optuna_storage.inspect_command(load_study("smoke"), opts)
-    optuna_cli = Path(sys.executable).with_name("optuna")
-    argv = [str(optuna_cli), *command.split()[1:], "-f", "json"]
-    listed = subprocess.run(argv, capture_output=True, text=True, check=True)
-    assert len(json.loads(listed.stdout)) == 6
+    env_var, name, *args = command.split()
+    assert env_var == "PYTHONWARNINGS=ignore" and name == "optuna"
+    optuna_cli = str(Path(sys.executable).with_name("optuna"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    shown = subprocess.run([optuna_cli, *args], capture_output=True, text=True, check=True, env=env)
+    assert shown.stderr == ""
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) < 80, shown.stdout
+    assert {f"user_attrs_seed{s}_val_acc" for s in range(4)} <= {x.split(":")[0] for x in lines}
+    store = args[args.index("--storage") :]
+    listing = [optuna_cli, "trials", "--study-name", "smoke", *store, "-f", "json", "--flatten"]
+    listed = subprocess.run(listing, capture_output=True, text=True, check=True, env=env)
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 6
+    assert all(isinstance(v, int | float | str | None) for row in rows for k, v in row.items()
+               if k != "user_attrs_seeds")  # fmt: skip  # flat: no list of dicts
 
 
 def test_killed_search_resumes_to_exactly_the_total(tmp_path: Path) -> None:
@@ -306,8 +319,8 @@ def test_storage_helpers() -> None:
     assert optuna_storage.driver_url("sqlite:///x.db") == "sqlite:///x.db"
     opts = SearchOptions(trials=1, out_dir=Path("runs/eps_sweep"))
     assert optuna_storage.inspect_command(load_study("eps_sweep"), opts) == (
-        "optuna trials --flatten --study-name eps_sweep --storage runs/eps_sweep/journal.log "
-        "--storage-class JournalFileBackend"
+        "PYTHONWARNINGS=ignore optuna best-trial --flatten -f yaml --study-name eps_sweep "
+        "--storage runs/eps_sweep/journal.log --storage-class JournalFileBackend"
     )
 
 

@@ -71,7 +71,9 @@ def test_an_interrupted_trial_is_resumed_by_its_rerun(
     assert rerun.intermediate_values == plain.intermediate_values  # every epoch reported
     for key in ("test_acc", "val_acc", "train_loss", "train_nc1"):
         assert rerun.user_attrs[key] == plain.user_attrs[key], key
-    for ours, theirs in zip(*(t.user_attrs["seed_metrics"] for t in (rerun, plain)), strict=True):
+    for ours, theirs in zip(
+        *(t.system_attrs["dgkd_seed_metrics"] for t in (rerun, plain)), strict=True
+    ):
         assert _timeless(ours) == _timeless(theirs)
     history = pd.read_csv(out / "smoke" / "history" / "trial_1.csv")
     assert history.equals(pd.read_csv(tmp_path / "plain" / "smoke" / "history" / "trial_0.csv"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import json
 import math
 import os
 import pickle
@@ -373,6 +374,13 @@ def test_ray_search_is_readable_by_optuna_tools(smoke) -> None:
 
     write_search_outputs(study, records, run)  # what run_search does after the backend
     assert (run / "best_student.pt").is_file() and (run / "learning_curves.png").is_file()
+    best = json.loads((run / "best.json").read_text())  # every seed's student, as with Optuna
+    assert sorted(best["students"]) == [str(s) for s in best["seeds"]] and len(best["seeds"]) > 1
+    assert all((run / path).is_file() for path in best["students"].values())
+    for t in ostudy.trials:  # each seed's metric a flat attribute, every metric a system one
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert f"seed{best['seeds'][-1]}_val_acc" in t.user_attrs
+            assert len(t.system_attrs["dgkd_seed_metrics"]) == len(best["seeds"])
 
 
 # --- a worker process killed mid-trial ------------------------------------------------------------
