@@ -2,8 +2,9 @@
 
 Usage: ``python scripts/mutate.py [--jobs N] [--keep] [--fail-under P] [PATTERN ...]``.
 
-The numbers behind every verdict (losses, metrics, statistics, the validation split, the
-last-epoch rule, search-space and study validation, atomic writes) fail silently when they are
+The numbers behind every verdict (losses, a population's loss paths, metrics, statistics, the
+validation split, the last-epoch rule, search-space and study validation, atomic writes, the
+confirm stage's plan and verdict, the ablation's summary and claims) fail silently when they are
 wrong, so their tests must fail when the code is changed. mutmut (configured under
 ``[tool.mutmut]`` in pyproject.toml) plants one small change at a time in a copy of the sources
 under ``mutants/`` and runs the tests that execute the changed function; a mutant the tests do
@@ -48,6 +49,13 @@ CORE = (
     "dgkd.data.x__carve__mutmut_*",  # the validation split
     "dgkd.train.x__train_population__mutmut_*",  # final metrics: the last epoch's
     "dgkd.train.x_evaluate__mutmut_*",  # the test split, once, on the final model
+    "dgkd.step.*",  # a population's loss on every path
+    "dgkd.search.verdict.*",  # the confirm stage's comparisons, Holm, words and headline
+    "dgkd.search.confirm.*",  # its plan (shortlist, baseline, fresh seeds) and resume
+    "dgkd.search.seeds.*",
+    "dgkd.search.trial.*",
+    "dgkd.ablate.summary.*",  # the ablation's statistics per variant
+    "dgkd.ablate.claims.*",
 )
 
 # mutmut's exit-code verdicts that mean the tests noticed the mutant.

@@ -22,7 +22,7 @@ import pytest
 
 __all__ = ["pytest_collection_finish", "pytest_collection_modifyitems"]
 
-_LAST = {"test_data.py": 1, "test_train.py": 2}
+_LAST = {"test_data.py": 1, "test_train.py": 2, "test_population_paths.py": 3}
 
 
 def _warm_configs() -> list:
@@ -33,9 +33,24 @@ def _warm_configs() -> list:
     return [tiny, tiny.replace(val_pool=0, val_fraction=0.0, teacher_width=16)]
 
 
+# Modules whose tests are not named after their first name below ``dgkd``.
+_OWN = {
+    "dgkd.step": "test_losses_population.py",
+    "dgkd.search.verdict": "test_verdict_numbers.py",
+    "dgkd.search.confirm": "test_confirm.py",
+    "dgkd.search.seeds": "test_seeds.py",
+    "dgkd.search.trial": "test_trial.py",
+    "dgkd.ablate.summary": "test_summary_numbers.py",
+    "dgkd.ablate.claims": "test_claims.py",
+}
+
+
 def _own_file(mutant: str) -> str | None:
     """``dgkd.losses.fused.x__dgkd__mutmut_3`` -> ``test_losses.py``."""
     parts = mutant.split(".")
+    for module, name in _OWN.items():
+        if mutant.startswith(module + "."):
+            return name
     return f"test_{parts[1]}.py" if len(parts) > 2 and parts[0] == "dgkd" else None
 
 

@@ -162,7 +162,9 @@ def run_confirm(
     rate of a false "better" at 5%. The stage stops at the first round where every top config's
     verdict on the objective is decisive (better, worse or equivalent), or when the seeds run
     out. Rows already in ``confirm.csv`` for the same config, params, teacher and seed are kept,
-    so a killed stage resumes (and takes the same decisions again).
+    so a killed stage resumes (and takes the same decisions again); rows of a config whose
+    params changed since (the study's baseline point, its first ``enqueue``) are retrained, and
+    one line says so.
 
     Args:
         study: The searched study (its base config and overrides make each config).
@@ -184,14 +186,27 @@ def run_confirm(
     teachers = tuple(range(first, first + plan.teachers))
     kept: dict[tuple[str, int, int], dict[str, Any]] = {}
     stale = 0
+    moved: dict[str, int] = {}  # a planned config whose rows were trained at other params
     for old in _read(path):
         name, seed, under = old["config"], int(old["seed"]), _int(old.get("teacher_seed"))
         same = name in plan.configs and same_params(json.loads(old["params"]), plan.configs[name])
         if same and seed in plan.seeds and under in teachers:
-            kept[(name, under, seed)] = old
+            trial = plan.trials.get(name)
+            kept[(name, under, seed)] = {**old, "trial": "" if trial is None else trial}
+        elif name in plan.configs and not same:
+            moved[name] = moved.get(name, 0) + 1
         stale += under is None
     if stale:
         log(f"confirm: {stale} row(s) of {path} name no teacher (an older release); retraining")
+    if moved:
+        log(
+            "confirm: the plan changed since "
+            + f"{path} was written ("
+            + ", ".join(
+                f"{n} is now {_label(plan.configs[n])}: {k} row(s)" for n, k in moved.items()
+            )
+            + "); retraining those"
+        )
     order = {name: i for i, name in enumerate(plan.configs)}
     levels = obrien_fleming_levels(len(plan.looks))
     rounds: list[Round] = []

@@ -50,7 +50,7 @@ def wait_for(
 ) -> None:
     """Poll the journal until enough trials finished and enough are mid-training, several
     epochs from their end (so a signal sent now lands inside the trial), or fail the test."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # 120 s ran out on two cores under a busy test run
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         if (out / "smoke" / "journal.log").exists():

@@ -1,0 +1,139 @@
+"""What the confirm stage trains and judges: the shortlist by the search's own value (never by a
+test metric), the search's seeds kept out of it, and a resume after the baseline point changed."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from dgkd.config import TrainConfig
+from dgkd.search import orchestrate
+from dgkd.search.confirm import CONFIRM_FILE, VERDICT_FILE, plan_confirm, run_confirm
+from dgkd.search.records import TrialRecord, TrialState
+from dgkd.study import load_study
+
+
+class Result:
+    def __init__(self, metrics: dict[str, float]) -> None:
+        self.metrics, self.error = metrics, None
+
+
+class Trainer:
+    """val_acc and test_acc as functions of epsilon and seed: epsilon 1 is best on validation
+    by 0.04, epsilon 3 best on test by 0.04; a per-seed shift is shared by every config."""
+
+    VAL: ClassVar[dict[float, float]] = {0.0: 0.60, 1.0: 0.66, 3.0: 0.62}
+    TEST: ClassVar[dict[float, float]] = {0.0: 0.50, 1.0: 0.52, 3.0: 0.56}
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[float, int]]] = []
+
+    def __call__(self, cfgs: Sequence[TrainConfig]) -> list[Result]:
+        self.calls.append([(c.epsilon, c.seed) for c in cfgs])
+        out = []
+        for c in cfgs:
+            shift = (c.seed % 5) / 100
+            noise = 0.002 * np.random.default_rng([c.seed, int(c.epsilon * 10)]).normal()
+            out.append(Result({"val_acc": self.VAL[c.epsilon] + shift + noise,
+                               "test_acc": self.TEST[c.epsilon] + shift - noise}))  # fmt: skip
+        return out
+
+
+def disagreeing_records() -> list[TrialRecord]:
+    """The search's trials: epsilon 1 has the best validation value, epsilon 3 the best test
+    accuracy (and a test_acc above every other trial's value too)."""
+    return [
+        TrialRecord(0, TrialState.COMPLETE, 0.600, {"epsilon": 0.0}, metrics={"test_acc": 0.50}),
+        TrialRecord(1, TrialState.COMPLETE, 0.620, {"epsilon": 3.0}, metrics={"test_acc": 0.70}),
+        TrialRecord(2, TrialState.COMPLETE, 0.660, {"epsilon": 1.0}, metrics={"test_acc": 0.52}),
+    ]
+
+
+def test_the_winner_is_the_validation_winner_when_the_test_ranking_disagrees(
+    tmp_path: Path,
+) -> None:
+    study = load_study("smoke")  # maximize val_acc, baseline epsilon 0
+    plan = plan_confirm(study, disagreeing_records(), top=1, seeds=4, search_seeds=[0])
+    assert plan is not None
+    assert plan.configs == {"baseline": {"epsilon": 0.0}, "trial 2": {"epsilon": 1.0}}
+    assert plan.winner == "trial 2" and plan.winner_search_value == 0.66
+    trainer = Trainer()
+    v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
+    assert {e for call in trainer.calls for e, _ in call} == {0.0, 1.0}  # epsilon 3: not trained
+    assert v.winner == "trial 2" and v.headline.startswith("trial 2 vs baseline on val_acc")
+    assert {c.config for c in v.comparisons} == {"trial 2"}
+    assert "search 0.6600 -> confirmed" in v.headline
+    text = (tmp_path / VERDICT_FILE).read_text()
+    assert "trial 2 (epsilon=1)" in text and "epsilon=3" not in text
+    # minimized, the order turns: the lowest value wins
+    low = plan_confirm(study.replace(direction="minimize"), disagreeing_records(), top=1,
+                       seeds=2, search_seeds=[0])  # fmt: skip
+    assert (
+        low is not None
+        and low.winner == "baseline"
+        and list(low.configs)
+        == [
+            "baseline",
+            "trial 1",
+        ]
+    )
+
+
+def test_a_resume_after_the_baseline_point_changed_retrains_the_baseline_only(
+    tmp_path: Path,
+) -> None:
+    study = load_study("smoke")
+    records = disagreeing_records()
+    plan = plan_confirm(study, records, top=1, seeds=3, search_seeds=[0])
+    assert plan is not None
+    run_confirm(study, plan, tmp_path, trainer=Trainer(), log=lambda _: None)
+    moved = study.replace(enqueue=({"epsilon": 3.0},))  # the baseline is now epsilon 3
+    replanned = plan_confirm(moved, records, top=1, seeds=3, search_seeds=[0])
+    assert replanned is not None and replanned.configs["baseline"] == {"epsilon": 3.0}
+    lines: list[str] = []
+    again = Trainer()
+    v = run_confirm(moved, replanned, tmp_path, trainer=again, log=lines.append)
+    assert again.calls == [[(3.0, s) for s in replanned.seeds]]  # trial 2's rows were kept
+    notice = [line for line in lines if "plan changed" in line]
+    assert len(notice) == 1 and "baseline is now epsilon=3: 3 row(s)" in notice[0], lines
+    rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
+    base = [r for r in rows if r["config"] == "baseline"]
+    assert len(rows) == 6 and {r["params"] for r in base} == {'{"epsilon": 3.0}'}
+    assert {r["trial"] for r in base} == {"1"}  # the search trial at the new baseline point
+    # the verdict compares with the new baseline's values, as a fresh stage would
+    fresh = run_confirm(moved, replanned, tmp_path / "fresh", trainer=Trainer(),
+                        log=lambda _: None)  # fmt: skip
+    assert v.to_dict() == fresh.to_dict()
+    c = next(c for c in v.comparisons if c.metric == "val_acc")
+    shifts = np.array([(s % 5) / 100 for s in replanned.seeds])
+    assert c.baseline_mean == pytest.approx(0.62 + shifts.mean(), abs=0.01)
+    assert c.delta == pytest.approx(0.04, abs=0.01)  # epsilon 1 - epsilon 3, not - epsilon 0
+
+
+def test_the_search_seeds_reach_the_confirm_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials trained seeds 20000..20002 (the base seed moved past the confirm seeds' start):
+    the confirm seeds begin after them."""
+    from dgkd.search import confirm
+
+    study = load_study("smoke")
+    opts = orchestrate.make_options(study, out=tmp_path, trials=3, workers=1, seeds=3,
+                                    overrides={"seed": 20_000}, confirm_top=1,
+                                    confirm_seeds=2)  # fmt: skip
+    seen: dict[str, Any] = {}
+
+    def capture(study: Any, plan: confirm.ConfirmPlan, out_dir: Path, **kw: Any) -> Any:
+        seen["plan"] = plan
+        return run_confirm(study, plan, out_dir, trainer=Trainer(), log=lambda _: None)
+
+    monkeypatch.setattr(confirm, "run_confirm", capture)
+    records = disagreeing_records()
+    assert orchestrate._confirm(study, opts, records, lambda _: None) is not None
+    assert seen["plan"].seeds == (20_003, 20_004)
+    assert not set(seen["plan"].seeds) & {20_000, 20_001, 20_002}

@@ -1,0 +1,94 @@
+"""The population contract on every loss path of dgkd.step: members that differ in method and in
+every loss setting are each bitwise the same run as alone, whether their batches go through the
+stacked loss (a multiple of 64 examples), member by member (any other size), or both (full
+batches stacked, the epoch's last, partial batch member by member); on the sequence models and
+on an image model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fakes import TINY_POOLS, image_splits
+
+from dgkd.config import TrainConfig
+from dgkd.loop import fit, fit_population
+from dgkd.models import build_model
+from dgkd.train import train, train_population
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    drop = ("duration_s",)
+    return {k: v for k, v in a.items() if k not in drop} == {
+        k: v for k, v in b.items() if k not in drop
+    }
+
+
+def members(base: TrainConfig) -> list[TrainConfig]:
+    """One loss family apart from another, and inside each every loss setting apart: epsilon
+    (0 and 2), alpha, beta, temperature, grad_term, grad_sign, ce_weight, kd_weight."""
+    return [
+        base.replace(seed=1, method="ce", ce_weight=0.5),
+        base.replace(seed=2, method="kd", temperature=2.0, kd_weight=1.0),
+        base.replace(seed=3, method="kd", temperature=4.0, kd_weight=4.0),
+        base.replace(seed=4, epsilon=0.0),
+        base.replace(seed=5, epsilon=2.0, alpha=0.5, temperature=2.0),
+        base.replace(seed=6, epsilon=2.0, beta=3.0, grad_term="raw", grad_sign=1.0),
+        base.replace(seed=7, method="dkd", beta=2.0, ce_weight=0.5, temperature=3.0),
+    ]
+
+
+# MNIST-1D trains on 4000 examples with a generated validation pool, 3200 without one.
+PATHS = {
+    "stacked": {"batch_size": 128, "val_pool": 0},  # 25 batches of 128: every batch stacked
+    "per-member": {"batch_size": 100},  # 40 batches of 100: every batch member by member
+    "stacked+tail": {"batch_size": 128},  # 31 batches of 128 stacked, the last 32 per member
+}
+
+
+@pytest.mark.parametrize(
+    ("student", "path"),
+    [("cnn1d", "stacked"), ("cnn1d", "per-member"), ("cnn1d", "stacked+tail"),
+     ("mlp", "per-member")],
+)  # fmt: skip
+def test_each_member_matches_its_run_alone_on_every_loss_path(student: str, path: str) -> None:
+    base = TrainConfig(epochs=1, teacher_epochs=1, warmup=2, **{**TINY_POOLS, **PATHS[path]})
+    if student == "mlp":
+        base = base.replace(student="mlp", student_width=16)
+    cfgs = members(base)
+    results = train_population(cfgs)
+    for cfg, result in zip(cfgs, results, strict=True):
+        alone = train(cfg)
+        assert result.error is None, cfg
+        assert _same(result.metrics, alone.metrics), (cfg, result.metrics, alone.metrics)
+        assert result.history == alone.history, cfg
+
+
+@pytest.fixture
+def native_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Convolutions without oneDNN (its single and grouped kernels sum in different orders)."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
+@pytest.mark.usefixtures("native_convolutions")
+def test_image_members_with_other_loss_settings_match_their_runs_alone() -> None:
+    """resnet8 on 70 augmented images in batches of 64: the first stacked, the last (6) member
+    by member; the members' losses differ in method, epsilon, alpha, beta and temperature."""
+    splits = image_splits(train=70)
+    base = TrainConfig(dataset="cifar10", teacher="resnet8", student="resnet8", epochs=1,
+                       batch_size=64, optimizer="sgd", lr=0.05, warmup=0, device="cpu")  # fmt: skip
+    cfgs = [
+        base.replace(seed=1, method="kd", temperature=2.0),
+        base.replace(seed=2, method="kd", temperature=5.0, kd_weight=1.0),
+        base.replace(seed=3, epsilon=0.0),
+        base.replace(seed=4, epsilon=2.0, alpha=0.5, beta=2.0, temperature=3.0),
+    ]
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", num_classes=10, input_shape=(3, 32, 32)).eval()
+    kw = {"teacher": teacher, "teacher_train_logits": None, "device": torch.device("cpu")}
+    runs = fit_population(cfgs, splits, **kw)
+    for cfg, run in zip(cfgs, runs, strict=True):
+        model, history = fit(cfg, splits, **kw)
+        assert run.error is None and run.model is not None
+        assert run.history == history, cfg
+        for key, value in model.state_dict().items():
+            assert torch.equal(run.model.state_dict()[key], value), (cfg, key)
