@@ -108,8 +108,11 @@ def _stop(procs: Sequence[multiprocessing.process.BaseProcess], timeout: float =
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join()
+    try:
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+    finally:  # also on a second Ctrl-C during the wait: no worker outlives the command
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()

@@ -77,11 +77,25 @@ def retried_trial(trial: optuna.Trial) -> int | None:
 def recover(ostudy: optuna.Study, storage: BaseStorage, *, journal: bool) -> list[int]:
     """Fail RUNNING trials whose process is gone and enqueue their parameters again.
 
+    Idempotent whatever moment a worker was killed at: a trial already re-enqueued (by its
+    worker, which enqueues first and marks second) is not enqueued twice, and one marked
+    interrupted whose re-run was never enqueued gets it now.
+
     RDB storages also do this by heartbeat; here it is immediate for processes of this host.
     Returns the numbers of the trials failed.
     """
     now = datetime.now()
     failed = []
+    trials = ostudy.get_trials(deepcopy=False)
+    retried = {n for n in (_retry_target(t) for t in trials) if n is not None}
+    for t in trials:  # marked interrupted, but killed before its re-run was enqueued
+        if (
+            t.state == OptunaState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.number not in retried
+        ):
+            ostudy.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+            retried.add(t.number)
     for t in ostudy.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         owner = t.user_attrs.get("worker")
         who = "process " + ":".join(str(owner).split(":")[:2]) if owner else "its process"
@@ -100,6 +114,16 @@ def recover(ostudy: optuna.Study, storage: BaseStorage, *, journal: bool) -> lis
             storage.set_trial_state_values(t._trial_id, OptunaState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             continue
-        ostudy.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        if t.number not in retried:  # its worker enqueued the re-run before it was killed
+            ostudy.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
         failed.append(t.number)
     return failed
+
+
+def _retry_target(t: optuna.trial.FrozenTrial) -> int | None:
+    """:func:`retried_trial` of a stored trial."""
+    history = t.system_attrs.get("retry_history")
+    if history:
+        return int(history[-1])
+    retry_of = t.user_attrs.get("retry_of")
+    return None if retry_of is None else int(retry_of)

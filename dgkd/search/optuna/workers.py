@@ -217,12 +217,14 @@ class Worker:
 
         The three writes are one uninterruptible block: a second signal arriving between them
         (a Ctrl-C after a SIGTERM, or the parent's death signal) would otherwise leave the trial
-        marked interrupted with no re-run enqueued.
+        marked interrupted with no re-run enqueued. The re-run is enqueued first: a SIGKILL,
+        which no block stops, then leaves at worst a re-run whose trial is still RUNNING, which
+        the next start's recovery fails without enqueueing it twice.
         """
         with uninterruptible():
+            self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
-            self.ostudy.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
     def _objective(self, trial: optuna.Trial) -> float:
         self._release()  # the trial now exists (RUNNING): others may claim theirs
