@@ -21,7 +21,7 @@ from dgkd.cliparts import (
     add_version,
     run_guarded,
 )
-from dgkd.config import METHODS, TrainConfig, parse_overrides
+from dgkd.config import METHODS, TrainConfig, check_method, parse_overrides
 from dgkd.runtime import available_cores, parse_workers
 
 __all__ = ["ablate_main", "search_main", "train_main"]
@@ -35,7 +35,11 @@ def _train_parser() -> argparse.ArgumentParser:
         "Example: dgkd-train --method dgkd --epsilon 6 --set seed=1 --set epochs=20",
     )
     d = TrainConfig()  # the defaults, written once there
-    p.add_argument("--method", choices=METHODS, help=f"default: {d.method}")
+    p.add_argument(
+        "--method",
+        help=f"{', '.join(METHODS)}, kd_ls, or module:ATTR for a method of your own "
+        f"(docs/methods.md); default: {d.method}",
+    )
     p.add_argument("--alpha", type=float, help=f"TCKD weight (default {d.alpha:g})")
     p.add_argument("--beta", type=float, help=f"NCKD weight (default {d.beta:g})")
     p.add_argument(
@@ -89,12 +93,12 @@ def _print_metrics(cfg, metrics: dict[str, float]) -> None:
     from rich.table import Table
 
     caption = f"{cfg.dataset}, teacher {cfg.teacher}, seed {cfg.seed}"
-    if cfg.method in ("dkd", "dgkd"):
-        caption = (
-            f"alpha={cfg.alpha:g} beta={cfg.beta:g} T={cfg.temperature:g}"
-            + (f" epsilon={cfg.epsilon:g}" if cfg.method == "dgkd" else "")
-            + f"\n{caption}"
+    reads = check_method(cfg.method).reads
+    if reads:
+        settings = (
+            f"{k}={getattr(cfg, k):g}" for k in reads if not isinstance(getattr(cfg, k), str)
         )
+        caption = " ".join(settings) + f"\n{caption}"
     table = Table(title=f"{cfg.method}: student {cfg.student}", caption=caption)
     table.add_column("metric")
     table.add_column("value", justify="right")
