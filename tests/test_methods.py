@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fakes import TINY_POOL_ARGS
 
 import dgkd.methods
@@ -192,6 +193,28 @@ def test_a_builtin_as_a_plugin_computes_what_its_kernel_does(name: str, monkeypa
         loss.sum().backward()
         out.append((loss.detach(), logits.grad))
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_method_without_a_teacher_gets_none_and_the_harness_adds_ce(monkeypatch) -> None:
+    seen: list[object] = []
+
+    def confidence(student, teacher, labels, settings):  # a teacher-free term: mean max-prob
+        seen.append(teacher)
+        return settings["alpha"] * student.softmax(-1).amax(-1).mean()
+
+    module = types.ModuleType("selfish")
+    module.M = Method("conf", confidence, ("alpha",), needs_teacher=False)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "selfish", module)
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(2, 2, 16, 10, generator=g)
+    y = torch.randint(0, 10, (2, 16), generator=g)
+    cfgs = [TrainConfig(method="selfish:M", alpha=a, ce_weight=0.5) for a in (0.0, 2.0)]
+    loss, terms = population_loss(cfgs, s, t, y, [1.0, 0.25])
+    ce = torch.stack([F.cross_entropy(s[k], y[k]) for k in range(2)])
+    term = s[1].softmax(-1).amax(-1).mean()
+    torch.testing.assert_close(loss, torch.stack([0.5 * ce[0], 0.5 * ce[1] + 0.25 * 2.0 * term]))
+    torch.testing.assert_close(terms["ce"], ce)
+    assert seen == [None, None]
 
 
 def _standardized_kd(zs: torch.Tensor, zt: torch.Tensor, temp: float, weight: float):
