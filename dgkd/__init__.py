@@ -29,6 +29,7 @@ _EXPORTS = {
     "grad_terms": "dgkd.losses",
     "kd_loss": "dgkd.losses",
     "build_model": "dgkd.models",
+    "Method": "dgkd.methods",
     "Study": "dgkd.study",
     "load_study": "dgkd.study",
     "load_space": "dgkd.space",
@@ -45,6 +46,7 @@ __all__ = [
     "AblationOptions",
     "ConfigError",
     "DivergedError",
+    "Method",
     "SearchOptions",
     "Study",
     "TrainConfig",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from dgkd.config import ConfigError, TrainConfig, parse_overrides
     from dgkd.loop import DivergedError
     from dgkd.losses import dgkd_loss, dkd_terms, grad_terms, kd_loss
+    from dgkd.methods import Method
     from dgkd.models import build_model
     from dgkd.search import SearchOptions, make_options, run_search
     from dgkd.space import load_space
