@@ -39,8 +39,8 @@ _KERNELS = ("ce", "kd", "dkd")
 
 
 def family(method: str) -> tuple[int, str]:
-    """The loss family of ``method``, members are sorted by: one per built-in kernel (dkd and
-    dgkd share one), then one per other method, which runs member by member."""
+    """The sort key of ``method``'s loss family: one family per built-in kernel (dkd and dgkd
+    share one), then one per other method, which runs member by member."""
     fused = get_method(method).fused
     return (_KERNELS.index(fused), "") if fused else (len(_KERNELS), method)
 
