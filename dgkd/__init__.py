@@ -32,6 +32,7 @@ _EXPORTS = {
     "build_model": "dgkd.models",
     "SavedRun": "dgkd.saved",
     "load_run": "dgkd.saved",
+    "Method": "dgkd.methods",
     "Study": "dgkd.study",
     "load_study": "dgkd.study",
     "load_space": "dgkd.space",
@@ -48,6 +49,7 @@ __all__ = [
     "AblationOptions",
     "ConfigError",
     "DivergedError",
+    "Method",
     "SavedRun",
     "SearchOptions",
     "Study",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from dgkd.config import ConfigError, TrainConfig, parse_overrides
     from dgkd.loop import DivergedError
     from dgkd.losses import dgkd_loss, dkd_terms, grad_terms, kd_loss
+    from dgkd.methods import Method
     from dgkd.models import build_model
     from dgkd.saved import SavedRun, load_run
     from dgkd.search import SearchOptions, make_options, run_search

@@ -36,7 +36,11 @@ def _train_parser() -> argparse.ArgumentParser:
         "Example: dgkd-train --method dgkd --epsilon 6 --set seed=1 --set epochs=20",
     )
     d = TrainConfig()  # the defaults, written once there
-    p.add_argument("--method", choices=METHODS, help=f"default: {d.method}")
+    p.add_argument(
+        "--method",
+        help=f"{', '.join(METHODS)}, kd_ls, or module:ATTR for a method of your own "
+        f"(docs/methods.md); default: {d.method}",
+    )
     p.add_argument("--alpha", type=float, help=f"TCKD weight (default {d.alpha:g})")
     p.add_argument("--beta", type=float, help=f"NCKD weight (default {d.beta:g})")
     p.add_argument(

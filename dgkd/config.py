@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dgkd import methods
+
 __all__ = [
     "DATASETS",
     "DEVICES",
@@ -27,25 +29,19 @@ __all__ = [
     "SEQUENCE_MODELS",
     "ConfigError",
     "TrainConfig",
+    "check_method",
     "check_pool",
     "coerce",
     "field_names",
     "parse_overrides",
 ]
 
-METHODS = ("ce", "kd", "dkd", "dgkd")
-# Loss settings and the methods whose loss reads them: under any other method a value changes
-# nothing, so searching it wastes trials (studies refuse that).
-LOSS_FIELDS: dict[str, tuple[str, ...]] = {
-    "alpha": ("dkd", "dgkd"),
-    "beta": ("dkd", "dgkd"),
-    "temperature": ("kd", "dkd", "dgkd"),
-    "warmup": ("kd", "dkd", "dgkd"),
-    "epsilon": ("dgkd",),
-    "grad_sign": ("dgkd",),
-    "grad_term": ("dgkd",),
-    "kd_weight": ("kd",),
-}
+# The built-in methods (dgkd.methods holds them and every other: a config may also name a
+# registered plugin or module:ATTR).
+METHODS = tuple(methods.BUILTINS)
+# Loss settings and the built-ins whose loss reads them: under a method that does not read one
+# (Method.fields) a value changes nothing, so searching it wastes trials (studies refuse that).
+LOSS_FIELDS: dict[str, tuple[str, ...]] = methods.builtin_fields()
 # Fields that never change a run's results, only how it is carried out: runs that differ in them
 # are the same experiment (a resumed search or ablation may change them).
 NEUTRAL_FIELDS = ("checkpoint_every",)
@@ -111,7 +107,7 @@ class TrainConfig:
     student: str = "cnn1d"  # student architecture
     student_width: int = 24  # width of a cnn1d/mlp student (0 = default); image models ignore it
     # --- method ---
-    method: str = "dgkd"  # ce | kd | dkd | dgkd
+    method: str = "dgkd"  # ce | kd | dkd | dgkd | kd_ls | module:ATTR (docs/methods.md)
     alpha: float = 1.0  # TCKD weight (DKD default)
     beta: float = 1.0  # NCKD weight (DKD's CIFAR-100 value is 8, for 100 classes; 1 here)
     epsilon: float = 6.0  # weight of the gradient term; 0 = DKD (reference default 6)
@@ -193,7 +189,7 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.dataset in DATASETS, "dataset", "one of " + ", ".join(DATASETS))
     need(cfg.teacher in MODEL_NAMES, "teacher", "one of " + ", ".join(MODEL_NAMES))
     need(cfg.student in MODEL_NAMES, "student", "one of " + ", ".join(MODEL_NAMES))
-    need(cfg.method in METHODS, "method", "one of " + ", ".join(METHODS))
+    check_method(cfg.method)
     sequence_data = cfg.dataset == "mnist1d"
     for name in ("teacher", "student"):
         arch = getattr(cfg, name)
@@ -228,6 +224,26 @@ def _validate(cfg: TrainConfig) -> None:
         "milestones",
         "set for schedule 'multistep'",
     )
+
+
+def check_method(name: str) -> methods.Method:
+    """The method ``name`` stands for (:func:`dgkd.methods.get`), whose settings must be config
+    fields.
+
+    Raises:
+        ConfigError: one line on what does not resolve.
+    """
+    try:
+        method = methods.get(name)
+    except methods.MethodError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = [r for r in method.reads if r not in field_names()]
+    if unknown:
+        raise ConfigError(
+            f"method {name!r} reads {unknown[0]!r}, which is not a config field: a method "
+            "reads existing fields (temperature, alpha, kd_weight, ...)"
+        )
+    return method
 
 
 def check_pool(name: str, size: int) -> None:

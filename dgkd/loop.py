@@ -25,10 +25,11 @@ from dgkd.config import ConfigError, TrainConfig, field_names
 from dgkd.data import Splits
 from dgkd.epoch_metrics import epoch_metrics
 from dgkd.losses import TeacherStats, teacher_stats
+from dgkd.methods import get as get_method
 from dgkd.models import Population, build_population, has_width
 from dgkd.optim import MemberSchedules, PopulationOptimizer, build_optimizer, build_scheduler
 from dgkd.progress import Bar
-from dgkd.step import FAMILY, DivergedError, EpochData, distill_loss, population_loss
+from dgkd.step import DivergedError, EpochData, distill_loss, family, population_loss
 
 __all__ = [
     "MEMBER_FIELDS",
@@ -192,7 +193,7 @@ def fit_population(
     check_population(cfgs)
     first = cfgs[0]
     name, epochs, bs = first.student, first.epochs, first.batch_size
-    alive = sorted(range(len(cfgs)), key=lambda i: FAMILY[cfgs[i].method])  # config indices
+    alive = sorted(range(len(cfgs)), key=lambda i: family(cfgs[i].method))  # config indices
     width = first.student_width if has_width(name) else 0
     seeds = [cfgs[i].seed for i in alive]
     shape, classes = splits.input_shape, splits.num_classes
@@ -209,7 +210,8 @@ def fit_population(
     n = len(train_y)
     stats: dict[float, TeacherStats] = {}  # per temperature, once per run (cached logits only)
     if teacher_train_logits is not None:
-        for t in {cfgs[i].temperature for i in alive if cfgs[i].method in ("dkd", "dgkd")}:
+        fused = {i: get_method(cfgs[i].method).fused for i in alive}
+        for t in {cfgs[i].temperature for i in alive if fused[i] == "dkd"}:
             stats[t] = teacher_stats(teacher_train_logits, train_y, temperature=t)
     first_epoch, keeper = 1, Keeper.open(checkpoint, cfgs)
     if keeper is not None:

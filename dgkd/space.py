@@ -235,7 +235,7 @@ def space_from_table(name: str, table: dict[str, Any], source: str) -> Space:
     for pname, spec in table.items():
         where = f"{source}: {pname}"
         if pname not in hints:
-            raise SpecError(f"{where}: unknown config field; see TrainConfig in dgkd/train.py")
+            raise SpecError(f"{where}: unknown config field; see TrainConfig in dgkd/config.py")
         if not isinstance(spec, dict):
             raise SpecError(f"{where}: must be a table like [{pname}] with type, low, high")
         params.append(_param(pname, spec, hints[pname], where))

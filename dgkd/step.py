@@ -2,10 +2,11 @@
 
 :class:`EpochData` holds one epoch's data, each member's examples in its own order, and the
 teacher's side of every batch (cached logits, precomputed statistics, or a forward pass).
-:func:`population_loss` is each member's loss for its method; :func:`distill_loss` the same for
-one run's B x C logits. A population's members are ordered by loss family (ce, kd, dkd/dgkd:
-:data:`FAMILY`), so that each family is one contiguous slice of the stacked tensors and needs
-one loss call. :class:`DivergedError` is what a member's non-finite loss becomes.
+:func:`population_loss` is each member's loss for its method (:mod:`dgkd.methods`);
+:func:`distill_loss` the same for one run's B x C logits. A population's members are ordered by
+loss family (:func:`family`: the built-ins' kernels ce, kd, dkd/dgkd, then each other method),
+so that each family is one contiguous slice of the stacked tensors and needs one loss call.
+:class:`DivergedError` is what a member's non-finite loss becomes.
 """
 
 from __future__ import annotations
@@ -15,23 +16,33 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgkd.config import TrainConfig
 from dgkd.data import Splits
 from dgkd.losses import TeacherStats, cross_entropy, dgkd_loss, kd_loss
+from dgkd.methods import Method
+from dgkd.methods import get as get_method
 
 __all__ = [
-    "FAMILY",
     "DivergedError",
     "EpochData",
     "distill_loss",
+    "family",
     "loss_settings",
     "population_loss",
 ]
 
-# The rank of each method's loss family: members are sorted by it.
-FAMILY = {"ce": 0, "kd": 1, "dkd": 2, "dgkd": 2}
+# The built-ins' population kernels, in the order their members come.
+_KERNELS = ("ce", "kd", "dkd")
+
+
+def family(method: str) -> tuple[int, str]:
+    """The sort key of ``method``'s loss family: one family per built-in kernel (dkd and dgkd
+    share one), then one per other method, which runs member by member."""
+    fused = get_method(method).fused
+    return (_KERNELS.index(fused), "") if fused else (len(_KERNELS), method)
 
 
 class DivergedError(RuntimeError):
@@ -70,7 +81,8 @@ def loss_settings(
     pairs = list(zip(cfgs, weights, strict=True))
     pm = functools.partial(_per_member, device=device)
     settings: dict[str, Any] = {"ce_weight": pm([c.ce_weight for c in cfgs])}
-    if cfgs[0].method in ("dkd", "dgkd"):
+    fused = get_method(cfgs[0].method).fused
+    if fused == "dkd":
         terms = [c.grad_term for c in cfgs]
         # The warmup factor scales the three weights (the term is linear in them).
         settings.update(
@@ -81,7 +93,7 @@ def loss_settings(
             grad_term=terms[0] if len(set(terms)) == 1 else terms,
             grad_sign=pm([c.grad_sign for c in cfgs]),
         )
-    elif cfgs[0].method == "kd":
+    elif fused == "kd":
         settings.update(
             temperature=pm([c.temperature for c in cfgs]),
             kd_weight=pm([w * c.kd_weight for c, w in pairs]),
@@ -107,18 +119,21 @@ def population_loss(
     :func:`loss_settings` of these members and weights. Returns (K,) losses and (K,) terms,
     each member's bitwise its own run's. Pure: no state, no side effects.
     """
+    method = get_method(cfgs[0].method)
+    if method.fused is None:
+        return _member_by_member(method, cfgs, logits_s, logits_t, target, weights)
     if settings is None:
         settings = loss_settings(cfgs, weights, logits_s.device)
     if logits_s.shape[0] > 1 and logits_s.shape[1] % _VECTOR_SPAN:
         return _one_by_one(cfgs, logits_s, logits_t, target, weights, stats, settings)
-    if cfgs[0].method in ("dkd", "dgkd"):
+    if method.fused == "dkd":
         # CE is fused into the same node: one forward and one closed-form backward.
         out = dgkd_loss(logits_s, logits_t, target, stats=stats, **settings)
         return out.pop("loss"), out
     ce = cross_entropy(logits_s, target)
     loss = _scale(settings["ce_weight"], ce)
     terms: dict[str, Tensor] = {"ce": ce.detach()}
-    if cfgs[0].method == "kd":
+    if method.fused == "kd":
         assert logits_t is not None, "kd needs the teacher's logits"
         kd = kd_loss(logits_s, logits_t, temperature=settings["temperature"])
         loss = loss + _scale(settings["kd_weight"], kd)
@@ -164,6 +179,38 @@ def _one_by_one(
         losses.append(loss)
         terms.append(term)
     return torch.cat(losses), {key: torch.cat([t[key] for t in terms]) for key in terms[0]}
+
+
+def _member_by_member(
+    method: Method,
+    cfgs: Sequence[TrainConfig],
+    logits_s: Tensor,
+    logits_t: Tensor | None,
+    target: Tensor,
+    weights: Sequence[float],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`population_loss` of a method without a kernel: its ``loss`` on each member's
+    (B, C) logits with that member's settings, as in its own run (the CE too)."""
+    losses, ces, terms = [], [], []
+    for k, (cfg, weight) in enumerate(zip(cfgs, weights, strict=True)):
+        student = logits_s[k].float()  # float32 under amp too, as the built-ins compute
+        ce = F.cross_entropy(student, target[k])
+        ces.append(ce.detach())
+        if method.loss is None:
+            losses.append(cfg.ce_weight * ce)
+            continue
+        settings = {name: getattr(cfg, name) for name in method.reads}
+        teacher = None if logits_t is None or not method.needs_teacher else logits_t[k].float()
+        term = method.loss(student, teacher, target[k], settings)
+        if not isinstance(term, Tensor) or term.ndim != 0:
+            got = tuple(term.shape) if isinstance(term, Tensor) else type(term).__name__
+            raise ValueError(f"method {cfg.method}: loss must return a 0-d tensor, got {got}")
+        losses.append(cfg.ce_weight * ce + weight * term.float())
+        terms.append(term.detach().float())
+    out = {"ce": torch.stack(ces)}
+    if terms:
+        out["distill"] = torch.stack(terms)
+    return torch.stack(losses), out
 
 
 def distill_loss(
@@ -216,17 +263,18 @@ class EpochData:
             self.xs = train_x.index_select(0, flat).view(size, n, *train_x.shape[1:])
         self.families: list[slice] = []
         for k, cfg in enumerate(members):
-            if k == 0 or FAMILY[cfg.method] != FAMILY[members[k - 1].method]:
+            if k == 0 or family(cfg.method) != family(members[k - 1].method):
                 self.families.append(slice(k, k + 1))
             else:
                 self.families[-1] = slice(self.families[-1].start, k + 1)
         self.logits_t: dict[int, Tensor] = {}
         self.stats: dict[int, TeacherStats] = {}
+        self._methods = [get_method(members[fam.start].method) for fam in self.families]
         for f, fam in enumerate(self.families):
-            method = members[fam.start].method
-            if method == "ce" or teacher_logits is None:
+            method = self._methods[f]
+            if not method.needs_teacher or teacher_logits is None:
                 continue
-            if method == "kd":
+            if method.fused != "dkd":  # the logits themselves
                 self.logits_t[f] = teacher_logits.index_select(0, perms[fam].reshape(-1)).view(
                     fam.stop - fam.start, n, -1
                 )
@@ -242,7 +290,6 @@ class EpochData:
                     ]
                 )
             self.stats[f] = TeacherStats(table.view(fam.stop - fam.start, n, -1))
-        self._methods = [members[fam.start].method for fam in self.families]
         self.settings = [
             loss_settings(members[fam], weights[fam], perms.device) for fam in self.families
         ]
@@ -273,7 +320,7 @@ class EpochData:
             return None, self.stats[f].rows(batch)
         if f in self.logits_t:
             return self.logits_t[f][:, batch], None
-        if self._methods[f] == "ce" or model is None:
+        if not self._methods[f].needs_teacher or model is None:
             return None, None
         with torch.no_grad():  # augmented inputs: the teacher sees each member's batch
             fam = self.families[f]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgkd.config import LOSS_FIELDS, ConfigError, TrainConfig, coerce
+from dgkd.config import LOSS_FIELDS, ConfigError, TrainConfig, check_method, coerce
 from dgkd.metricspec import EPOCH_METRICS, SEARCHABLE
 from dgkd.space import (
     Space,
@@ -314,9 +314,13 @@ def _ineffective(space: Space, base: dict[str, Any]) -> str | None:
         methods = space["method"].choices
     else:
         methods = (base.get("method", TrainConfig.method),)
+    try:
+        read = {f for m in methods for f in check_method(str(m)).fields}
+    except ConfigError:
+        return None  # validating the config names the bad method
     for p in space.searched():
         used_by = LOSS_FIELDS.get(p.name)
-        if used_by is not None and not set(methods) & set(used_by):
+        if used_by is not None and p.name not in read:
             return (
                 f"{p.name}: searched by space {space.source}, but method "
                 f"{', '.join(map(str, methods))} ignores it (it applies to {', '.join(used_by)}); "

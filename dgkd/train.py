@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from dgkd import metrics
 from dgkd.checkpoint import Checkpoint, as_checkpoint
-from dgkd.config import ConfigError, TrainConfig, field_names
+from dgkd.config import ConfigError, TrainConfig, check_method, field_names
 from dgkd.data import Splits, load_splits
 from dgkd.loop import (
     MEMBER_FIELDS,
@@ -188,13 +188,14 @@ def _train_population(
     cfg = cfgs[0]
     device = resolve_device(cfg.device)
     splits = splits_for(cfg)
-    if splits.num_classes < 3:
-        for c in cfgs:
-            if c.method in ("dkd", "dgkd"):
-                raise ConfigError(
-                    f"method {c.method} needs at least 3 classes ({c.dataset} has "
-                    f"{splits.num_classes}): NCKD is undefined; use kd or ce"
-                )
+    for c in cfgs:
+        method = check_method(c.method)
+        if splits.num_classes < method.min_classes:
+            why = ": NCKD is undefined" if method.fused == "dkd" else ""
+            raise ConfigError(
+                f"method {c.method} needs at least {method.min_classes} classes ({c.dataset} "
+                f"has {splits.num_classes}){why}; use kd or ce"
+            )
     bundle: TeacherBundle = load_teacher(cfg, splits, device=device, progress=progress)
     runs = fit_population(
         cfgs,

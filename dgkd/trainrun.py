@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dgkd.cliparts import EXIT_OK
-from dgkd.config import TrainConfig
+from dgkd.config import TrainConfig, check_method
 from dgkd.io import json_metrics
 
 if TYPE_CHECKING:
@@ -111,12 +111,10 @@ def _print_table(cfg: TrainConfig, columns: Mapping[str, Mapping[str, float]]) -
     seeds = [k.removeprefix("seed ") for k in columns if k.startswith("seed ")]
     caption = f"{cfg.dataset}, teacher {cfg.teacher}, seed{'s' * (len(seeds) > 1)} "
     caption += ", ".join(seeds)
-    if cfg.method in ("dkd", "dgkd"):
-        caption = (
-            f"alpha={cfg.alpha:g} beta={cfg.beta:g} T={cfg.temperature:g}"
-            + (f" epsilon={cfg.epsilon:g}" if cfg.method == "dgkd" else "")
-            + f"\n{caption}"
-        )
+    reads = check_method(cfg.method).reads  # the loss settings this method reads
+    settings = [f"{k}={getattr(cfg, k):g}" for k in reads if not isinstance(getattr(cfg, k), str)]
+    if settings:
+        caption = " ".join(settings) + f"\n{caption}"
     table = Table(title=f"{cfg.method}: student {cfg.student}", caption=caption)
     table.add_column("metric")
     names = list(columns)
