@@ -24,8 +24,8 @@ train: $(STAMP)  ## one default DGKD run
 ablate: $(STAMP)  ## DGKD against epsilon=0 and the sign flip, 3 teachers x 10 paired seeds
 	$(BIN)/dgkd-ablate --variants no_grad_term,minimize_mse
 
-test: lint  ## lint, types and the whole test suite
-	$(BIN)/python -m pytest -q
+test: lint  ## lint, types and the whole test suite, in two processes (pytest-xdist)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
