@@ -29,8 +29,8 @@ PORT  ?= 8080
 dashboard: $(STAMP)  ## optuna-dashboard for runs/$(STUDY) on http://127.0.0.1:$(PORT) (make dashboard STUDY=smoke)
 	$(BIN)/dgkd-search --study $(STUDY) --dashboard $(PORT)
 
-test: lint  ## lint, types and the whole test suite
-	$(BIN)/python -m pytest -q
+test: lint  ## lint, types and the whole test suite, in two processes (pytest-xdist)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import Comparison, Row, require_cpu, run_module
+from benchmarks.report import QUICK_POOLS, Comparison, Row, require_cpu, run_module
 
 __all__ = ["TITLE", "main", "run"]
 
 TITLE = "Ablation: dgkd-ablate --variants all (populations) vs train() per cell"
 SEEDS = 10  # the dgkd-ablate default
-_QUICK_SEEDS = 1  # quick mode: the 8 variants on one seed, 2 epochs each
-_QUICK_SET = ("epochs=2", "teacher_epochs=2")
+_QUICK_SEEDS = 1  # quick mode: the 8 variants on one seed, 2 epochs each, tiny pools
+_QUICK_SET = ("epochs=2", "teacher_epochs=2", *(f"{k}={v}" for k, v in QUICK_POOLS.items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.loss import HYPERS
 from benchmarks.naive import autograd_dgkd_loss
-from benchmarks.report import Comparison, interleaved, require_cpu, timeit
+from benchmarks.report import QUICK_POOLS, Comparison, interleaved, require_cpu, timeit
 from benchmarks.steps import SECTIONS, step_fn
 from dgkd.config import TrainConfig
 from dgkd.losses import TeacherStats, dgkd_loss, teacher_stats
@@ -156,7 +156,7 @@ def _evaluation_rows(*, quick: bool, calls: int, repeats: int) -> list[list[str]
     from dgkd.metrics import nc1
     from dgkd.train import train
 
-    cfg = TrainConfig(epochs=3, teacher_epochs=2) if quick else TrainConfig()
+    cfg = TrainConfig(epochs=3, teacher_epochs=2, **QUICK_POOLS) if quick else TrainConfig()
     train(cfg)  # warm the data and teacher caches, as a search process is after its first trial
     shares, per_epoch = [], []
     for seed in range(1 if quick else 3):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from benchmarks.report import Comparison, Row, require_cpu, run_module
+from benchmarks.report import QUICK_POOLS, Comparison, Row, require_cpu, run_module
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["STUDY", "main", "run"]
 
 STUDY = "eps_sweep"  # the packaged study every case runs
-_QUICK_BASE = {"epochs": 2, "teacher_epochs": 2}  # the study's base in quick mode
+_QUICK_BASE = {"epochs": 2, "teacher_epochs": 2, **QUICK_POOLS}  # the study's base, quick mode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +94,7 @@ def run(device: torch.device, *, quick: bool, trials: int, parallel_trials: int)
         f"Search: {STUDY} (dgkd-search in a fresh process); pruning over {trials} trials, "
         f"workers and Ray over {parallel_trials}"
     )
-    train(TrainConfig(epochs=2, teacher_epochs=2) if quick else TrainConfig())  # teacher cached
+    train(TrainConfig(**_QUICK_BASE) if quick else TrainConfig())  # teacher cached
     # label: (pruner, trials, arguments); with trials == parallel_trials, the two unpruned
     # one-worker runs share a label and run once.
     runs = {

@@ -7,7 +7,7 @@ import time
 import torch
 
 from benchmarks.naive import naive_trial
-from benchmarks.report import Comparison, Row, require_cpu
+from benchmarks.report import QUICK_POOLS, Comparison, Row, require_cpu
 from dgkd.config import TrainConfig
 from dgkd.train import train
 
@@ -26,7 +26,7 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
     comp = Comparison(TITLE)
     cfg = TrainConfig(method="dgkd", device=device.type)
     if quick:
-        cfg = cfg.replace(epochs=3, teacher_epochs=2)
+        cfg = cfg.replace(epochs=3, teacher_epochs=2, **QUICK_POOLS)
     train(cfg)  # warm the data and teacher caches, as a search process is after its first trial
     repeats = 1 if quick else 3
     harness: list[float] = []

@@ -8,6 +8,7 @@ names of datasets, models and options live here because validation needs them; `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from collections.abc import Iterable
@@ -165,8 +166,15 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Each field's type, resolved once: ``get_type_hints`` evaluates every annotation string
+    again on each call, which made it most of the cost of building a config."""
+    return typing.get_type_hints(TrainConfig)
+
+
 def _validate(cfg: TrainConfig) -> None:
-    hints = typing.get_type_hints(TrainConfig)
+    hints = _field_types()
     for f in dataclasses.fields(cfg):
         value, kind = getattr(cfg, f.name), hints[f.name]
         ok = {
@@ -269,7 +277,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     Raises:
         ConfigError: malformed item, unknown key, or a value of the wrong type.
     """
-    hints = typing.get_type_hints(TrainConfig)
+    hints = _field_types()
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -286,7 +294,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 def coerce(key: str, raw: Any, kind: Any = None) -> Any:
     """Convert a string (from the command line) or a TOML value to the field's type."""
-    kind = kind or typing.get_type_hints(TrainConfig)[key]
+    kind = kind or _field_types()[key]
     try:
         if kind is bool:
             if isinstance(raw, bool):

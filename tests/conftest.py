@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated cache for the whole session and a tiny training config.
+"""Shared fixtures: an isolated cache for the whole session and a tiny training config; the
+groups of tests that pytest-xdist keeps in one process.
 
 The session cache holds the MNIST-1D arrays and the teachers, so each is built once per test
-session (and subprocesses started by tests share it through the environment). Tiny models on two
-cores run far faster on one intra-op thread than on two that compete with pytest's other work.
+session, or once per pytest-xdist process (and subprocesses started by tests share it through the
+environment). Tiny models on two cores run far faster on one intra-op thread than on two that
+compete with pytest's other work.
 """
 
 from __future__ import annotations
@@ -22,6 +24,38 @@ from fakes import TINY_POOLS
 from dgkd.config import TrainConfig
 
 torch.set_num_threads(1)
+
+# `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup). Each group below
+# goes whole to one of them, its tests one after another: the tests that start a Ray cluster (one
+# cluster at a time on the machine) and the modules whose module-scoped fixture runs a search
+# (once, not once per process). Entries are test id prefixes, relative to the repository root.
+XDIST_GROUPS = {
+    "ray": (
+        "tests/search/ray/test_ray_backend.py::",
+        "tests/search/ray/test_ray_trial_resume.py::",
+        "tests/ablate/test_executors.py::test_ray_tasks_give_the_same_metrics",
+        "tests/test_benchmarks.py::test_quick_mode_writes_a_report",  # its search comparison
+    ),
+    "search-outputs": ("tests/search/test_outputs.py::",),
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadgroup``, xdist's own scheduling with :data:`XDIST_GROUPS` added (its
+    ``xdist_group`` marks are lost on pytest 9, which no longer lets a plugin rename a test)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Groups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for group, prefixes in XDIST_GROUPS.items():
+                if nodeid.startswith(prefixes):
+                    return group
+            return super()._split_scope(nodeid)
+
+    return Groups(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

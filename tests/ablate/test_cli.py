@@ -123,8 +123,9 @@ def test_workers_default_to_auto_the_usable_cores_on_the_local_backend(
 
 def test_study_base_is_used_without_search(capsys, tmp_path):
     code, out, err = _run(
-        capsys, "--study", "smoke", "--variants", "kd", "--seeds", "1", "--out", str(tmp_path)
-    )
+        capsys, "--study", "smoke", "--variants", "kd", "--seeds", "1", "--workers", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
     assert code == 0, err
     cfg = json.loads((tmp_path / "ablate" / "smoke" / "config.json").read_text())
     assert cfg["base"]["source"] == "study" and cfg["base"]["study"] == "smoke"
@@ -146,7 +147,7 @@ def test_from_study_takes_the_best_finished_trial(capsys, tmp_path):
         study.add_trial(optuna.trial.create_trial(params={"epsilon": eps}, distributions=dist,
                                                   value=value))  # fmt: skip
 
-    argv = ["--from-study", "smoke", "--variants", "no_grad_term", "--seeds", "1"]
+    argv = ["--from-study", "smoke", "--variants", "no_grad_term", "--seeds", "1", "--workers", "1"]
     code, _, err = _run(capsys, *argv, "--set", "lr=0.03", "--out", str(tmp_path))
     assert code == 0, err
     d = tmp_path / "ablate" / "smoke-best"

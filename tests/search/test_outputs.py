@@ -21,11 +21,12 @@ from dgkd.models import build_model
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-trial smoke search run in-process under umask 022; its runs/ root."""
+    """A 3-trial smoke search run in this process (one worker) under umask 022; its runs/ root."""
     out = tmp_path_factory.mktemp("outputs")
+    argv = ["--out", str(out), "--quiet", "--study", "smoke", "--trials", "3", "--workers", "1"]
     old = os.umask(0o022)
     try:
-        assert search_main(["--out", str(out), "--quiet", "--study", "smoke", "--trials", "3"]) == 0
+        assert search_main(argv) == 0
     finally:
         os.umask(old)
     return out
@@ -115,6 +116,7 @@ def test_no_library_log_line_and_no_cut_table(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--out", str(tmp_path), "--study", "smoke", "--trials", "2"]
+    # the bare command (--workers auto): its worker processes must stay quiet too
     assert search_main(argv) == 0  # stdout is a pipe here: plain lines, then the table
     out, err = capfd.readouterr()
     assert "A new study created" not in out + err and "[I 20" not in out + err, out + err

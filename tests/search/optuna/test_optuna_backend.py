@@ -184,7 +184,7 @@ def _add_running_trial(study: optuna.Study, owner: str, epsilon: float) -> int:
 
 
 def test_dead_owner_is_recovered_but_a_live_one_is_left_alone(tmp_path: Path) -> None:
-    argv = ["--out", str(tmp_path), "--quiet", "--study", "smoke"]
+    argv = ["--out", str(tmp_path), "--quiet", "--study", "smoke", "--workers", "1"]
     assert search_main([*argv, "--trials", "2"]) == 0
     study = journal_study(tmp_path)
     host = socket.gethostname()
@@ -209,6 +209,7 @@ def test_dead_owner_is_recovered_but_a_live_one_is_left_alone(tmp_path: Path) ->
 def test_sqlite_url_storage_end_to_end(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'search.db'}"
     argv = ["--out", str(tmp_path), "--quiet", "--study", "smoke", "--storage", url]
+    argv += ["--workers", "1"]
     assert search_main([*argv, "--trials", "3"]) == 0
     assert not (tmp_path / "smoke" / "journal.log").exists()
     assert len(pd.read_csv(tmp_path / "smoke" / "trials.csv")) == 3
@@ -326,7 +327,8 @@ def test_storage_helpers() -> None:
 
 def test_journal_elsewhere_via_storage_path(tmp_path: Path) -> None:
     journal = tmp_path / "shared" / "j.log"
-    argv = ["--out", str(tmp_path / "runs"), "--quiet", "--study", "smoke", "--trials", "2"]
+    argv = ["--out", str(tmp_path / "runs"), "--quiet", "--study", "smoke", "--workers", "1"]
+    argv += ["--trials", "2"]
     assert search_main([*argv, "--storage", str(journal)]) == 0
     assert journal.is_file() and not (tmp_path / "runs" / "smoke" / "journal.log").exists()
     assert len(pd.read_csv(tmp_path / "runs" / "smoke" / "trials.csv")) == 2
@@ -383,7 +385,8 @@ def test_sigkill_of_a_two_worker_search_loses_nothing(tmp_path: Path) -> None:
 
 def test_two_searches_started_at_once_share_one_journal(tmp_path: Path) -> None:
     study = unpruned_smoke(tmp_path)
-    procs = [start(tmp_path, "--study", study, "--trials", "6") for _ in range(2)]
+    args = ("--study", study, "--trials", "6", "--workers", "1")  # two processes in all
+    procs = [start(tmp_path, *args) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

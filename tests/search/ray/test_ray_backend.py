@@ -393,12 +393,12 @@ def test_worker_killed_mid_trial_is_retried(cluster: str, tmp_path: Path) -> Non
 
     import pandas as pd
 
-    epochs = 60  # batches of 16: about 0.2 s an epoch, so a trial is seen mid-way
+    epochs = 40  # two seeds in batches of 16: about 0.2 s an epoch, so a trial is seen mid-way
     spec = tmp_path / "smoke.toml"  # no pruning: both trials run every epoch
     spec.write_text(Path(load_study("smoke").source).read_text().replace('"median"', '"none"'))
     cmd = [
         str(Path(sys.executable).with_name("dgkd-search")), "--study", str(spec), "--trials", "2",
-        "--backend", "ray", "--address", cluster, "--out", str(tmp_path), "--quiet",
+        "--seeds", "2", "--backend", "ray", "--address", cluster, "--out", str(tmp_path), "--quiet",
         "--set", f"epochs={epochs}", "--set", "batch_size=16",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
