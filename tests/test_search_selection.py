@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 from contracts import FINAL_METRICS
 
 import dgkd.train
@@ -64,7 +65,8 @@ def _fake_population(
             if report is not None:
                 row = {"epoch": float(epoch), "val_acc": final["val_acc"], "train_loss": 1.0}
                 report(i, epoch, row)
-        out.append(SimpleNamespace(metrics=final, history=[], config=cfg, error=None, model=None))
+        model = torch.nn.Linear(2, 2)  # each seed's student is kept
+        out.append(SimpleNamespace(metrics=final, history=[], config=cfg, error=None, model=model))
     return out
 
 

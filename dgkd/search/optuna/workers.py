@@ -156,11 +156,18 @@ class Worker:
                 self.on_change(self.records())
             batch.train(self.study.metric)
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) and not batch.trained:
-                for trial in batch.trials:  # in batch order: their re-run is one batch again,
-                    self._interrupted(trial)  # and resumes this one's checkpoint
-                    batch.reenqueued.add(trial.number)
-            batch.stop(exc)
+            try:
+                if isinstance(exc, KeyboardInterrupt) and not batch.trained:
+                    # One block: a second signal here is raised after every trial is re-enqueued
+                    # (in batch order: their re-run is one batch again, and resumes this one's
+                    # checkpoint), and the batch is stopped whatever happens, so no trial thread
+                    # waits for it forever and leaves its trial RUNNING.
+                    with uninterruptible():
+                        for trial in batch.trials:
+                            self._interrupted(trial)
+                            batch.reenqueued.add(trial.number)
+            finally:
+                batch.stop(exc)
             raise
         finally:
             _join(threads)
