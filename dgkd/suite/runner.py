@@ -48,7 +48,10 @@ class SuitePlan:
         return sum(len(plan.cells) for _, _, plan in self.setups)
 
 
-def _setup_options(opts: AblationOptions, name: str, directory: Path, setup: Setup) -> Any:
+def _setup_options(
+    opts: AblationOptions, name: str, directory: Path, setup: Setup
+) -> AblationOptions:
+    """One setup's options: its directory under the suite's, named ``<suite>/<setup>``."""
     return dataclasses.replace(
         opts, name=f"{name}/{setup.name}", directory=directory / setup.name, fresh=False
     )
