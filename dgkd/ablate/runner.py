@@ -17,13 +17,12 @@ from typing import Any
 from dgkd.ablate.base import BaseConfig
 from dgkd.ablate.cells import Cell, CellResult, plan_populations
 from dgkd.ablate.claims import check_claims
-from dgkd.ablate.errors import AblateError
 from dgkd.ablate.executors import execute
 from dgkd.ablate.export import write_ablation_outputs
 from dgkd.ablate.options import AblationOptions
 from dgkd.ablate.plan import preflight
 from dgkd.ablate.result import AblationResult
-from dgkd.ablate.store import load_finished, manifest, save_cell, write_manifest
+from dgkd.ablate.store import directory_lock, load_finished, manifest, save_cell, write_manifest
 from dgkd.ablate.summary import summarize_cells
 from dgkd.config import TrainConfig
 from dgkd.io import move_aside
@@ -40,19 +39,9 @@ def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
             different from the one the directory's finished cells used.
         CellFailedError: a cell failed (not diverged); the finished cells stay for a rerun.
     """
-    from filelock import FileLock, Timeout
-
     plan = preflight(base, opts)
     name, directory, variants, seeds = plan.name, plan.directory, plan.variants, plan.seeds
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(directory.parent / f".{directory.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise AblateError(
-            f"another dgkd-ablate is running on {directory}; wait for it or use another --name"
-        ) from None
-    try:
+    with directory_lock(directory):
         moved = move_aside(directory) if opts.fresh else None
         cells = plan.cells
         done = load_finished(directory, base, cells, name)  # again, now under the lock
@@ -81,8 +70,6 @@ def run_ablation(base: BaseConfig, opts: AblationOptions) -> AblationResult:
         )
         write_ablation_outputs(result, info)
         return result
-    finally:
-        lock.release()
 
 
 def _prepare_teachers(cfgs: Sequence[TrainConfig], progress: bool) -> None:

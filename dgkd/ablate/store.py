@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +30,7 @@ __all__ = [
     "MANIFEST_FILE",
     "ablation_dir",
     "check_writable",
+    "directory_lock",
     "load_finished",
     "manifest",
     "save_cell",
@@ -44,6 +45,29 @@ MANIFEST_FILE = "config.json"
 def ablation_dir(out_dir: str | os.PathLike[str], name: str) -> Path:
     """``<out_dir>/ablate/<name>``."""
     return Path(out_dir) / "ablate" / name
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold ``<parent>/.<name>.lock`` for a run writing ``directory`` (created first).
+
+    Raises:
+        AblateError: another dgkd-ablate holds it.
+    """
+    from filelock import FileLock, Timeout
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory.parent / f".{directory.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise AblateError(
+            f"another dgkd-ablate is running on {directory}; wait for it or use another --name"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_writable(directory: Path) -> None:

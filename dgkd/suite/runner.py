@@ -18,7 +18,7 @@ from typing import Any
 from dgkd.ablate import AblateError, AblationOptions, BaseConfig, Plan, preflight, resolve_base
 from dgkd.ablate.result import AblationResult
 from dgkd.ablate.runner import run_ablation
-from dgkd.ablate.store import ablation_dir
+from dgkd.ablate.store import ablation_dir, directory_lock
 from dgkd.config import ConfigError
 from dgkd.errors import one_line
 from dgkd.io import move_aside
@@ -112,23 +112,13 @@ def run_suite(
             another config (rerun with ``fresh``).
         CellFailedError: a cell failed; the finished cells stay for a rerun.
     """
-    from filelock import FileLock, Timeout
-
     from dgkd.ablate.claims import check_claims
     from dgkd.suite.export import write_suite_outputs
     from dgkd.suite.stats import aggregate_summary, suite_rows
 
     plan = plan_suite(suite, opts, overrides=overrides)
     directory = plan.directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(directory.parent / f".{directory.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise AblateError(
-            f"another dgkd-ablate is running on {directory}; wait for it or use another --name"
-        ) from None
-    try:
+    with directory_lock(directory):
         moved = move_aside(directory) if opts.fresh else None
         ablations: list[tuple[Setup, AblationResult]] = []
         for i, (setup, base, _) in enumerate(plan.setups):
@@ -156,5 +146,3 @@ def run_suite(
         )
         write_suite_outputs(result, opts)
         return result
-    finally:
-        lock.release()
