@@ -258,7 +258,9 @@ def create_or_load(
     )
     if _ATTR_PREFIX + "space" not in ostudy.user_attrs:
         wanted = signature(study, opts)
-        for key in _ATTR_KEYS:
+        # One journal write per attribute: the space goes last, as the mark that the whole
+        # signature is stored, so a search started at the same moment never reads half of it.
+        for key in sorted(_ATTR_KEYS, key=lambda k: k == "space"):
             ostudy.set_user_attr(_ATTR_PREFIX + key, wanted[key])
         ostudy.set_user_attr("dgkd_source", study.source)
         for params in study.enqueue if enqueue else ():
