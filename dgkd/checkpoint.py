@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,8 +36,7 @@ from torch import Tensor
 from dgkd.config import TrainConfig
 from dgkd.errors import one_line
 from dgkd.io import atomic_write_bytes
-from dgkd.models import Population
-from dgkd.optim import MemberSchedules, PopulationOptimizer
+from dgkd.state import MemberRun, PopulationState
 from dgkd.step import DivergedError
 
 __all__ = [
@@ -138,13 +137,6 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k not in _NOT_STATE}
 
 
-class _Run(Protocol):
-    """A member's outcome as the loop keeps it (``dgkd.loop.MemberRun``)."""
-
-    history: list[dict[str, float]]
-    error: Exception | None
-
-
 _Report = Callable[[int, int, dict[str, float]], None]  # dgkd.loop.PopulationReport
 
 
@@ -200,31 +192,23 @@ class Keeper:
 
     # --- saving ---------------------------------------------------------------------------
 
-    def epoch_end(
-        self,
-        epoch: int,
-        alive: Sequence[int],
-        pop: Population,
-        opt: PopulationOptimizer,
-        lrs: Sequence[float],
-        orders: dict[int, torch.Generator],
-        augs: dict[int, torch.Generator],
-        runs: Sequence[_Run],
-    ) -> None:
-        """Take the snapshot of the end of ``epoch`` (histories appended, not yet reported) and
-        write it when due: every ``every`` epochs, except the last (the run then ends)."""
+    def epoch_end(self, state: PopulationState) -> None:
+        """Take the snapshot of the end of ``state.epoch`` (histories appended, not yet
+        reported) and write it when due: every ``every`` epochs, except the last (the run then
+        ends)."""
+        alive, epoch = state.alive, state.epoch
         snapshot = {
             "format": _FORMAT,
             "configs": self._configs,
             "epoch": epoch,
             "alive": list(alive),
-            "model": {k: v.detach().clone() for k, v in pop.state_dict().items()},
-            "optimizer": {k: [t.clone() for t in ts] for k, ts in opt.state.items()},
-            "lrs": list(lrs),
-            "orders": [orders[i].get_state() for i in alive],
-            "augs": [augs[i].get_state() for i in alive],
-            "histories": [list(r.history) for r in runs],
-            "errors": [_encode(r.error) for r in runs],
+            "model": {k: v.detach().clone() for k, v in state.pop.state_dict().items()},
+            "optimizer": {k: [t.clone() for t in ts] for k, ts in state.opt.state.items()},
+            "lrs": list(state.schedules.lrs(alive)),
+            "orders": [state.orders[i].get_state() for i in alive],
+            "augs": [state.augs[i].get_state() for i in alive],
+            "histories": [list(r.history) for r in state.runs],
+            "errors": [_encode(r.error) for r in state.runs],
         }
         self._snapshot = snapshot  # one assignment: an interruption sees the old or the new
         if epoch % self.every == 0 and epoch < self.epochs:
@@ -277,54 +261,42 @@ class Keeper:
             return None
         return state
 
-    def restore(
-        self,
-        cfgs: Sequence[TrainConfig],
-        alive: list[int],
-        pop: Population,
-        opt: PopulationOptimizer,
-        schedules: MemberSchedules,
-        orders: dict[int, torch.Generator],
-        augs: dict[int, torch.Generator],
-        runs: Sequence[_Run],
-        report: _Report | None,
-    ) -> tuple[int, list[int], Population, PopulationOptimizer] | None:
-        """Load the saved state into a fresh population: ``(epoch, alive, pop, opt)``, the
-        epoch to train next, or None when nothing is saved. ``alive`` is the fresh run's
-        member order; members the state has stopped keep their history and error (the caller
-        drops them as the loop does). With ``replay``, ``report`` sees every restored epoch
-        again, in the loop's order, and may stop members as it did then.
+    def restore(self, state: PopulationState, report: _Report | None) -> bool:
+        """Load the saved state into ``state``, a fresh population, and say whether anything
+        was saved. ``state.epoch`` is then the last epoch trained; members the saved state has
+        stopped keep their history and error (the caller drops them as the loop does). With
+        ``replay``, ``report`` sees every restored epoch again, in the loop's order, and may stop
+        members as it did then.
 
         Raises:
             CheckpointError: the state of these configs does not fit this code.
         """
-        state = self.load()
-        if state is None:
+        saved = self.load()
+        if saved is None:
             self._restored()
-            return None
-        loop_order = list(alive)
+            return False
+        loop_order = list(state.alive)
         try:
-            keep = [alive.index(i) for i in state["alive"]]
-            if len(keep) < len(alive):
-                alive = list(state["alive"])
-                pop = pop.select(keep)
-                opt = opt.select(keep, [cfgs[i] for i in alive], list(pop.parameters()))
-            pop.load_state_dict(state["model"])
-            saved_opt = state["optimizer"]
-            if set(saved_opt) != set(opt.state):
-                raise ValueError(f"optimizer state {sorted(saved_opt)}, not {sorted(opt.state)}")
+            state.select([state.alive.index(i) for i in saved["alive"]])
+            state.pop.load_state_dict(saved["model"])
+            saved_opt = saved["optimizer"]
+            if set(saved_opt) != set(state.opt.state):
+                raise ValueError(
+                    f"optimizer state {sorted(saved_opt)}, not {sorted(state.opt.state)}"
+                )
             with torch.no_grad():
                 for name, tensors in saved_opt.items():
-                    for dst, src in zip(opt.state[name], tensors, strict=True):
+                    for dst, src in zip(state.opt.state[name], tensors, strict=True):
                         dst.copy_(src)
-            for _ in range(state["epoch"]):
-                schedules.step()
-            if schedules.lrs(alive) != state["lrs"]:
+            for _ in range(saved["epoch"]):
+                state.schedules.step()
+            if state.schedules.lrs(state.alive) != saved["lrs"]:
                 raise ValueError("the learning-rate schedule does not match")
-            for i, data, aug in zip(alive, state["orders"], state["augs"], strict=True):
-                orders[i].set_state(data)
-                augs[i].set_state(aug)
-            for run, history, error in zip(runs, state["histories"], state["errors"], strict=True):
+            for i, order, aug in zip(state.alive, saved["orders"], saved["augs"], strict=True):
+                state.orders[i].set_state(order)
+                state.augs[i].set_state(aug)
+            runs = zip(state.runs, saved["histories"], saved["errors"], strict=True)
+            for run, history, error in runs:
                 run.history = list(history)
                 run.error = _decode(error)
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -333,20 +305,20 @@ class Keeper:
                 "start over",
                 one_line(exc),
             ) from exc
-        self._written = state["epoch"]
+        state.epoch = self._written = saved["epoch"]
         self.checkpoint.saved_epoch = self._written
         self.checkpoint.resumed_epoch = self._written
         if self.checkpoint.replay and report is not None:
-            _replay(report, runs, order=loop_order)
+            _replay(report, state.runs, order=loop_order)
         self._restored()
-        return state["epoch"] + 1, alive, pop, opt
+        return True
 
     def _restored(self) -> None:
         if self.checkpoint.on_restore is not None:
             self.checkpoint.on_restore(self.checkpoint)
 
 
-def _replay(report: _Report, runs: Sequence[_Run], *, order: Sequence[int]) -> None:
+def _replay(report: _Report, runs: Sequence[MemberRun], *, order: Sequence[int]) -> None:
     """Report every restored epoch again, epoch by epoch, members in ``order``; a report that
     raises stops its member there, as it did in the loop."""
     stopped: set[int] = set()

@@ -4,7 +4,8 @@
 :class:`~dgkd.models.Population`): each member keeps its own seed (initialization, data order,
 augmentation), loss settings, learning rate and weight decay, and computes exactly what it would
 alone, so member i is the same experiment as ``fit(cfgs[i])``. :func:`fit` is the population of
-one. ``predict`` runs a model or a population in eval mode; ``population_loss`` and
+one. The loop advances one :class:`~dgkd.state.PopulationState` (what the checkpoint saves and
+restores) epoch by epoch: the epoch's steps, its evaluation, its reports. ``predict`` runs a model or a population in eval mode; ``population_loss`` and
 ``distill_loss`` are the step's loss for each method. Nothing here reads files or knows about
 teachers' caches, searches or metrics beyond the end-of-epoch evaluation
 (:mod:`dgkd.epoch_metrics`).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -26,10 +27,11 @@ from dgkd.data import Splits
 from dgkd.epoch_metrics import epoch_metrics
 from dgkd.losses import TeacherStats, teacher_stats
 from dgkd.methods import get as get_method
-from dgkd.models import Population, build_population, has_width
-from dgkd.optim import MemberSchedules, PopulationOptimizer, build_optimizer, build_scheduler
+from dgkd.models import Population
+from dgkd.optim import build_optimizer, build_scheduler
 from dgkd.progress import Bar
-from dgkd.step import DivergedError, EpochData, distill_loss, family, population_loss
+from dgkd.state import MemberRun, PopulationState
+from dgkd.step import DivergedError, EpochData, distill_loss, population_loss
 
 __all__ = [
     "MEMBER_FIELDS",
@@ -69,16 +71,6 @@ MEMBER_FIELDS = (
     "weight_decay",
     "checkpoint_every",  # when to save, not what is computed
 )
-
-
-@dataclass
-class MemberRun:
-    """One member's outcome: its trained model, its per-epoch history, and what stopped it
-    early (the exception its report raised, or a :class:`DivergedError`); then no model."""
-
-    model: nn.Module | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    error: Exception | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -191,140 +183,151 @@ def fit_population(
         CheckpointError: a saved state of these configs does not fit this code.
     """
     check_population(cfgs)
+    state = PopulationState.fresh(cfgs, splits, device)
+    inputs = _Inputs.of(state, splits, teacher, teacher_train_logits, device)
+    keeper = Keeper.open(checkpoint, cfgs)
+    if keeper is not None and keeper.restore(state, report):
+        state.drop_stopped()
     first = cfgs[0]
-    name, epochs, bs = first.student, first.epochs, first.batch_size
-    alive = sorted(range(len(cfgs)), key=lambda i: family(cfgs[i].method))  # config indices
-    width = first.student_width if has_width(name) else 0
-    seeds = [cfgs[i].seed for i in alive]
-    shape, classes = splits.input_shape, splits.num_classes
-    pop = build_population(
-        name, num_classes=classes, input_shape=shape, width=width or None, seeds=seeds
-    ).to(device)
-    opt = PopulationOptimizer([cfgs[i] for i in alive], list(pop.parameters()), device)
-    schedules = MemberSchedules(cfgs, epochs)
-    orders = {i: torch.Generator().manual_seed(cfgs[i].seed) for i in alive}
-    augs = {i: torch.Generator(device=device).manual_seed(cfgs[i].seed + 1) for i in alive}
-    runs = [MemberRun() for _ in cfgs]
-    train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
-    val_x, val_y = (t.to(device) for t in splits.epoch_val_split)  # a pool's prefix
-    n = len(train_y)
-    stats: dict[float, TeacherStats] = {}  # per temperature, once per run (cached logits only)
-    if teacher_train_logits is not None:
-        fused = {i: get_method(cfgs[i].method).fused for i in alive}
-        for t in {cfgs[i].temperature for i in alive if fused[i] == "dkd"}:
-            stats[t] = teacher_stats(teacher_train_logits, train_y, temperature=t)
-    first_epoch, keeper = 1, Keeper.open(checkpoint, cfgs)
-    if keeper is not None:
-        resumed = keeper.restore(cfgs, alive, pop, opt, schedules, orders, augs, runs, report)
-        if resumed is not None:
-            first_epoch, alive, pop, opt = resumed
-            if all(runs[i].error is not None for i in alive):
-                first_epoch = epochs + 1
-            elif any(runs[i].error is not None for i in alive):
-                alive, pop, opt = _without_stopped(cfgs, runs, alive, pop, opt)
-    label = f"training {name}" + (f" x{len(cfgs)}" if len(cfgs) > 1 else "")
+    label = f"training {first.student}" + (f" x{len(cfgs)}" if len(cfgs) > 1 else "")
     saving = keeper.on_interrupt() if keeper else nullcontext()
-    with Bar(progress, label, epochs, completed=first_epoch - 1) as bar, saving:
-        for epoch in range(first_epoch, epochs + 1):
-            members = [cfgs[i] for i in alive]
-            weights = [min(epoch / c.warmup, 1.0) if c.warmup else 1.0 for c in members]
-            perms = torch.stack([torch.randperm(n, generator=orders[i]) for i in alive])
-            epoch_data = EpochData(
-                members,
-                splits,
-                perms.to(device),
-                train_x,
-                train_y,
-                teacher_train_logits,
-                stats,
-                weights,
-            )
-            ones = torch.ones(len(alive), device=device)
-            pop.train()
-            lrs = schedules.lrs(alive)
-            running: list[Tensor | None] = [None] * len(epoch_data.families)
-            steps = 0
-            # A last batch of one example would break BatchNorm; fold it away.
-            for start in range(0, n - (1 if n % bs == 1 else 0), bs):
-                batch = slice(start, start + bs)
-                x = epoch_data.inputs(batch, [augs[i] for i in alive])
-                families = epoch_data.families
-                with _autocast(device, first.amp):
-                    logits, _ = pop(x)
-                    sides = [epoch_data.teacher(f, batch, x, teacher) for f in range(len(families))]
-                losses, terms = [], []
-                for f, (fam, (logits_t, fam_stats)) in enumerate(zip(families, sides, strict=True)):
-                    loss, term = population_loss(
-                        members[fam],
-                        logits if len(families) == 1 else logits[fam],
-                        logits_t,
-                        epoch_data.ys[fam, batch],
-                        weights[fam],
-                        stats=fam_stats,
-                        settings=epoch_data.settings[f],
-                    )
-                    losses.append(loss)
-                    terms.append(term)
-                loss_all = losses[0] if len(losses) == 1 else torch.cat(losses)
-                finite = torch.isfinite(loss_all)
-                if not bool(finite.all()):
-                    for k in (~finite).nonzero().flatten().tolist():
-                        if runs[alive[k]].error is None:
-                            value = loss_all[k].item()
-                            runs[alive[k]].error = DivergedError(epoch, steps + 1, value)
-                    if all(runs[i].error is not None for i in alive):
-                        break
-                loss_all.backward(ones)
-                opt.step(lrs)
-                for f, (loss, term) in enumerate(zip(losses, terms, strict=True)):
-                    values = torch.stack([loss.detach(), *term.values()], -1)  # one add per step
-                    total = running[f]
-                    running[f] = values if total is None else total + values
-                steps += 1
-            schedules.step()
-            rows = _rows(epoch, running, terms, steps) if steps else []
+    with Bar(progress, label, first.epochs, completed=state.epoch) as bar, saving:
+        while not state.done:
+            state.epoch += 1
+            rows = _train_epoch(state, inputs)
             if rows:  # val_acc, val_ece, train_nc1: evaluation only, the training is unchanged
-                bs_eval, amp = first.eval_batch_size, first.amp
                 run = functools.partial(
-                    predict, pop, splits, device=device, batch_size=bs_eval, amp=amp
+                    predict,
+                    state.pop,
+                    splits,
+                    device=device,
+                    batch_size=first.eval_batch_size,
+                    amp=first.amp,
                 )
-                evaluated = epoch_metrics(run, (val_x, val_y), (train_x, train_y), classes)
+                evaluated = epoch_metrics(run, inputs.val, inputs.train, splits.num_classes)
                 for row, extra in zip(rows, evaluated, strict=True):
                     row.update(extra)
-            for i, row in zip(alive, rows, strict=False):
-                if runs[i].error is None:
-                    runs[i].history.append(row)
+            for i, row in zip(state.alive, rows, strict=False):
+                if state.runs[i].error is None:
+                    state.runs[i].history.append(row)
             if keeper is not None:  # before the reports, which Tune attaches the state to
-                keeper.epoch_end(epoch, alive, pop, opt, schedules.lrs(alive), orders, augs, runs)
-            for i, row in zip(alive, rows, strict=False):
-                if runs[i].error is None and report is not None:
-                    try:
-                        report(i, epoch, dict(row))
-                    except Exception as exc:  # the member stops (pruned); the others go on
-                        runs[i].error = exc
+                keeper.epoch_end(state)
+            _report(state, rows, report)
             bar.advance(_progress_text(rows))
-            if any(runs[i].error is not None for i in alive):
-                if all(runs[i].error is not None for i in alive):
-                    break
-                alive, pop, opt = _without_stopped(cfgs, runs, alive, pop, opt)
-    for k, i in enumerate(alive):
-        if runs[i].error is None:
-            runs[i].model = pop.member(k)
-    return runs
+            state.drop_stopped()
+    return state.finish()
 
 
-def _without_stopped(
-    cfgs: Sequence[TrainConfig],
-    runs: Sequence[MemberRun],
-    alive: list[int],
-    pop: Population,
-    opt: PopulationOptimizer,
-) -> tuple[list[int], Population, PopulationOptimizer]:
-    """The population without its stopped members (some must go on)."""
-    keep = [k for k, i in enumerate(alive) if runs[i].error is None]
-    alive = [alive[k] for k in keep]
-    pop = pop.select(keep)
-    return alive, pop, opt.select(keep, [cfgs[i] for i in alive], list(pop.parameters()))
+@dataclass(frozen=True)
+class _Inputs:
+    """What every epoch of one population reads: the data on the device, the teacher, and
+    (cached logits only) the teacher's per-temperature statistics, computed once per run."""
+
+    splits: Splits
+    device: torch.device
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]  # a validation pool's prefix (Splits.epoch_val_split)
+    teacher: nn.Module | None
+    teacher_logits: Tensor | None
+    stats: dict[float, TeacherStats]
+
+    @classmethod
+    def of(
+        cls,
+        state: PopulationState,
+        splits: Splits,
+        teacher: nn.Module | None,
+        teacher_logits: Tensor | None,
+        device: torch.device,
+    ) -> _Inputs:
+        train = (splits.train_x.to(device), splits.train_y.to(device))
+        stats: dict[float, TeacherStats] = {}
+        if teacher_logits is not None:
+            dkd = [c for c in state.members if get_method(c.method).fused == "dkd"]
+            for t in {c.temperature for c in dkd}:
+                stats[t] = teacher_stats(teacher_logits, train[1], temperature=t)
+        val_x, val_y = (t.to(device) for t in splits.epoch_val_split)
+        return cls(splits, device, train, (val_x, val_y), teacher, teacher_logits, stats)
+
+
+def _train_epoch(state: PopulationState, inputs: _Inputs) -> list[dict[str, float]]:
+    """Train the members still alive for epoch ``state.epoch``: one row per member (its mean
+    loss and terms over the epoch's steps), none when every member diverged at once. A member
+    whose loss becomes non-finite gets a :class:`DivergedError` and trains no further."""
+    members, alive, runs, epoch = state.members, state.alive, state.runs, state.epoch
+    first, (train_x, train_y) = members[0], inputs.train
+    n, bs = len(train_y), first.batch_size
+    weights = [min(epoch / c.warmup, 1.0) if c.warmup else 1.0 for c in members]
+    perms = torch.stack([torch.randperm(n, generator=state.orders[i]) for i in alive])
+    epoch_data = EpochData(
+        members,
+        inputs.splits,
+        perms.to(inputs.device),
+        train_x,
+        train_y,
+        inputs.teacher_logits,
+        inputs.stats,
+        weights,
+    )
+    families = epoch_data.families
+    ones = torch.ones(len(alive), device=inputs.device)
+    state.pop.train()
+    lrs = state.schedules.lrs(alive)
+    running: list[Tensor | None] = [None] * len(families)
+    terms: list[dict[str, Tensor]] = []
+    steps = 0
+    # A last batch of one example would break BatchNorm; fold it away.
+    for start in range(0, n - (1 if n % bs == 1 else 0), bs):
+        batch = slice(start, start + bs)
+        x = epoch_data.inputs(batch, [state.augs[i] for i in alive])
+        with _autocast(inputs.device, first.amp):
+            logits, _ = state.pop(x)
+            sides = [epoch_data.teacher(f, batch, x, inputs.teacher) for f in range(len(families))]
+        losses, terms = [], []
+        for f, (fam, (logits_t, fam_stats)) in enumerate(zip(families, sides, strict=True)):
+            loss, term = population_loss(
+                members[fam],
+                logits if len(families) == 1 else logits[fam],
+                logits_t,
+                epoch_data.ys[fam, batch],
+                weights[fam],
+                stats=fam_stats,
+                settings=epoch_data.settings[f],
+            )
+            losses.append(loss)
+            terms.append(term)
+        loss_all = losses[0] if len(losses) == 1 else torch.cat(losses)
+        finite = torch.isfinite(loss_all)
+        if not bool(finite.all()):
+            for k in (~finite).nonzero().flatten().tolist():
+                if runs[alive[k]].error is None:
+                    runs[alive[k]].error = DivergedError(epoch, steps + 1, loss_all[k].item())
+            if all(runs[i].error is not None for i in alive):
+                break
+        loss_all.backward(ones)
+        state.opt.step(lrs)
+        for f, (loss, term) in enumerate(zip(losses, terms, strict=True)):
+            values = torch.stack([loss.detach(), *term.values()], -1)  # one add per step
+            total = running[f]
+            running[f] = values if total is None else total + values
+        steps += 1
+    state.schedules.step()
+    return _rows(epoch, running, terms, steps) if steps else []
+
+
+def _report(
+    state: PopulationState, rows: list[dict[str, float]], report: PopulationReport | None
+) -> None:
+    """Report each running member's epoch row; a report that raises stops its member (pruned),
+    the others go on."""
+    if report is None:
+        return
+    for i, row in zip(state.alive, rows, strict=False):
+        if state.runs[i].error is None:
+            try:
+                report(i, state.epoch, dict(row))
+            except Exception as exc:
+                state.runs[i].error = exc
 
 
 def _rows(

@@ -22,6 +22,7 @@ import torch
 from fakes import TINY_POOLS
 
 from dgkd.config import TrainConfig
+from dgkd.state import PopulationState
 
 torch.set_num_threads(1)
 
@@ -88,9 +89,9 @@ def count_trained_epochs(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[i
         trained: list[int] = []
         epoch_end = ckpt.Keeper.epoch_end
 
-        def count(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
-            trained.append(epoch)
-            epoch_end(self, epoch, *args)
+        def count(self: ckpt.Keeper, state: PopulationState) -> None:
+            trained.append(state.epoch)
+            epoch_end(self, state)
 
         monkeypatch.setattr(ckpt.Keeper, "epoch_end", count)
         return trained

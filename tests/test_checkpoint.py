@@ -25,6 +25,7 @@ from dgkd.cli import train_main
 from dgkd.config import TrainConfig
 from dgkd.loop import DivergedError, fit_population
 from dgkd.models import build_model
+from dgkd.state import PopulationState
 from dgkd.train import TrainResult, population_groups, train, train_population
 
 
@@ -253,9 +254,9 @@ def test_dgkd_train_resumes_when_rerun_after_sigterm(
 
     real = ckpt.Keeper.epoch_end
 
-    def sigterm_at_3(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
-        real(self, epoch, *args)
-        if epoch == 3:
+    def sigterm_at_3(self: ckpt.Keeper, state: PopulationState) -> None:
+        real(self, state)
+        if state.epoch == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(ckpt.Keeper, "epoch_end", sigterm_at_3)
@@ -294,9 +295,9 @@ def test_dgkd_train_says_whether_it_resumed_or_started_over_and_why(
             "--set", "checkpoint_every=1", "--out", str(out)]  # fmt: skip
     real = ckpt.Keeper.epoch_end
 
-    def interrupt_at_2(self: ckpt.Keeper, epoch: int, *args: Any) -> None:
-        real(self, epoch, *args)
-        if epoch == 2:
+    def interrupt_at_2(self: ckpt.Keeper, state: PopulationState) -> None:
+        real(self, state)
+        if state.epoch == 2:
             raise KeyboardInterrupt
 
     def interrupted(*extra: str) -> None:
