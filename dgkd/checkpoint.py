@@ -36,7 +36,7 @@ from torch import Tensor
 from dgkd.config import TrainConfig
 from dgkd.errors import one_line
 from dgkd.io import atomic_write_bytes
-from dgkd.state import MemberRun, PopulationState
+from dgkd.state import MemberRun, PopulationState, evaluates
 from dgkd.step import DivergedError
 
 __all__ = [
@@ -176,6 +176,7 @@ class Keeper:
 
     def __init__(self, checkpoint: Checkpoint, cfgs: Sequence[TrainConfig], every: int) -> None:
         self.checkpoint, self.every, self.epochs = checkpoint, every, cfgs[0].epochs
+        self._cfg = cfgs[0]  # what the members share: epochs, eval_every
         self._configs = [_identity(c) for c in cfgs]
         blob = json.dumps(self._configs, sort_keys=True, default=str).encode()
         digest = hashlib.sha256(blob).hexdigest()[:16]
@@ -194,8 +195,8 @@ class Keeper:
 
     def epoch_end(self, state: PopulationState) -> None:
         """Take the snapshot of the end of ``state.epoch`` (histories appended, not yet
-        reported) and write it when due: every ``every`` epochs, except the last (the run then
-        ends)."""
+        reported) and write it when due: every ``every`` epochs (or the first evaluated epoch
+        after), except the last (the run then ends)."""
         alive, epoch = state.alive, state.epoch
         snapshot = {
             "format": _FORMAT,
@@ -211,7 +212,10 @@ class Keeper:
             "errors": [_encode(r.error) for r in state.runs],
         }
         self._snapshot = snapshot  # one assignment: an interruption sees the old or the new
-        if epoch % self.every == 0 and epoch < self.epochs:
+        # Due once a multiple of ``every`` has passed since the last write, at an evaluated
+        # epoch (eval_every), whose report a Tune trial attaches the state to.
+        due = epoch // self.every > self._written // self.every and evaluates(self._cfg, epoch)
+        if due and epoch < self.epochs:
             self._write()
 
     def _write(self) -> None:

@@ -5,7 +5,8 @@
 augmentation), loss settings, learning rate and weight decay, and computes exactly what it would
 alone, so member i is the same experiment as ``fit(cfgs[i])``. :func:`fit` is the population of
 one. The loop advances one :class:`~dgkd.state.PopulationState` (what the checkpoint saves and
-restores) epoch by epoch: the epoch's steps, its evaluation, its reports. ``predict`` runs a model or a population in eval mode; ``population_loss`` and
+restores) epoch by epoch: the epoch's steps, its evaluation (every ``eval_every`` epochs), its
+reports. ``predict`` runs a model or a population in eval mode; ``population_loss`` and
 ``distill_loss`` are the step's loss for each method. Nothing here reads files or knows about
 teachers' caches, searches or metrics beyond the end-of-epoch evaluation
 (:mod:`dgkd.epoch_metrics`).
@@ -14,6 +15,7 @@ teachers' caches, searches or metrics beyond the end-of-epoch evaluation
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -24,13 +26,13 @@ from torch import Tensor, nn
 from dgkd.checkpoint import Checkpoint, Keeper
 from dgkd.config import ConfigError, TrainConfig, field_names
 from dgkd.data import Splits
-from dgkd.epoch_metrics import epoch_metrics
+from dgkd.epoch_metrics import EPOCH_METRICS, epoch_metrics
 from dgkd.losses import TeacherStats, teacher_stats
 from dgkd.methods import get as get_method
 from dgkd.models import Population
 from dgkd.optim import build_optimizer, build_scheduler
 from dgkd.progress import Bar
-from dgkd.state import MemberRun, PopulationState
+from dgkd.state import MemberRun, PopulationState, evaluates
 from dgkd.step import DivergedError, EpochData, distill_loss, population_loss
 
 __all__ = [
@@ -170,7 +172,8 @@ def fit_population(
     The teacher's logits come from ``teacher_train_logits`` (indexed by example) when the
     training inputs are not augmented, else from a teacher forward pass on each member's batch.
     ``report(i, epoch, row)`` is called after every epoch of member i, with ``val_acc`` on
-    ``splits.epoch_val_split`` (a validation pool's prefix); if it raises (e.g. to prune), or
+    ``splits.epoch_val_split`` (a validation pool's prefix; NaN at the epochs ``eval_every``
+    skips); if it raises (e.g. to prune), or
     member i's loss becomes non-finite, member i stops: its run keeps the exception and its
     history, and it leaves the stacked tensors at the end of that epoch.
 
@@ -195,7 +198,8 @@ def fit_population(
         while not state.done:
             state.epoch += 1
             rows = _train_epoch(state, inputs)
-            if rows:  # val_acc, val_ece, train_nc1: evaluation only, the training is unchanged
+            # val_acc, val_ece, train_nc1: evaluation only, the training is unchanged
+            if rows and evaluates(first, state.epoch):
                 run = functools.partial(
                     predict,
                     state.pop,
@@ -341,14 +345,17 @@ def _rows(
         for values in (total / steps).tolist():
             row = {"epoch": float(epoch)}
             row.update(zip(keys, values, strict=True))
-            row["val_acc"] = float("nan")  # no validation split (val_fraction 0, no pool)
+            # NaN until evaluated (eval_every), and val_* without a validation split
+            row.update(dict.fromkeys(EPOCH_METRICS, float("nan")))
             rows.append(row)
     return rows
 
 
-def _progress_text(rows: list[dict[str, float]]) -> str:
+def _progress_text(rows: list[dict[str, float]]) -> str | None:
     if not rows:
         return ""
+    if any(math.isnan(r["val_acc"]) for r in rows):
+        return None  # not evaluated this epoch (eval_every): the bar keeps the last figure
     if len(rows) == 1:
         return f"val_acc {rows[0]['val_acc']:.3f}"
     return f"mean val_acc {sum(r['val_acc'] for r in rows) / len(rows):.3f} of {len(rows)}"

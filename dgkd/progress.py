@@ -48,10 +48,13 @@ class Bar:
             self._progress = progress
         return self
 
-    def advance(self, info: str = "") -> None:
-        """One more step done; ``info`` replaces the free-text field."""
+    def advance(self, info: str | None = "") -> None:
+        """One more step done; ``info`` replaces the free-text field (None keeps it)."""
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, advance=1, info=info)
+            if info is None:
+                self._progress.update(self._task, advance=1)
+            else:
+                self._progress.update(self._task, advance=1, info=info)
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:

@@ -20,7 +20,12 @@ from dgkd.models import Population, build_population, has_width
 from dgkd.optim import MemberSchedules, PopulationOptimizer
 from dgkd.step import family
 
-__all__ = ["MemberRun", "PopulationState"]
+__all__ = ["MemberRun", "PopulationState", "evaluates"]
+
+
+def evaluates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the run of ``cfg`` evaluates after ``epoch`` (``eval_every``, and the last)."""
+    return epoch % cfg.eval_every == 0 or epoch >= cfg.epochs
 
 
 @dataclass

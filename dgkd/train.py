@@ -87,7 +87,8 @@ def train(
     Args:
         cfg: The run's configuration.
         report: Called as ``report(epoch, metrics)`` after every epoch with at least
-            ``val_acc`` and ``train_loss``. It may raise (e.g. to prune); the run then stops.
+            ``val_acc`` and ``train_loss`` (``val_acc`` NaN at an epoch not evaluated:
+            ``cfg.eval_every``). It may raise (e.g. to prune); the run then stops.
             On an MNIST-1D validation pool that ``val_acc`` (and the history's) is measured on
             the pool's first :data:`dgkd.data.EPOCH_VAL_EXAMPLES`, the final one on all of it.
         progress: Show rich progress bars (teacher training, epochs) on the terminal.

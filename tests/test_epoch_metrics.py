@@ -53,7 +53,10 @@ def test_the_evaluation_leaves_the_training_unchanged(tiny: TrainConfig, monkeyp
             k: v for k, v in b.metrics.items() if k not in drop
         }
         for ra, rb in zip(a.history, b.history, strict=True):
-            assert {k: v for k, v in ra.items() if k not in ("val_ece", "train_nc1")} == rb
+            curves = ("val_ece", "train_nc1")
+            assert {k: v for k, v in ra.items() if k not in curves} == {
+                k: v for k, v in rb.items() if k not in curves
+            }
 
 
 def _fake_predict(feats: torch.Tensor, logits: torch.Tensor):
@@ -101,3 +104,34 @@ def test_the_helper_is_pure_evaluation(tiny: TrainConfig) -> None:
     assert torch.equal(torch.get_rng_state(), rng)
     for k, v in pop.state_dict().items():  # BatchNorm statistics included
         assert torch.equal(v, before[k]), k
+
+
+def test_eval_every_evaluates_only_those_epochs_and_the_last_and_changes_nothing_else(
+    tiny: TrainConfig,
+) -> None:
+    every = train(tiny.replace(epochs=5))
+    thinned = train(tiny.replace(epochs=5, eval_every=2))
+    assert [r["epoch"] for r in thinned.history] == [1, 2, 3, 4, 5]
+    for a, b in zip(every.history, thinned.history, strict=True):
+        evaluated = b["epoch"] in (2, 4, 5)  # every 2nd epoch, and the last
+        for key in EPOCH_METRICS:
+            assert (b[key] == a[key]) if evaluated else math.isnan(b[key]), (b["epoch"], key)
+        assert {k: v for k, v in a.items() if k not in EPOCH_METRICS} == {
+            k: v for k, v in b.items() if k not in EPOCH_METRICS
+        }  # the training is the same, epoch by epoch
+    drop = ("duration_s",)
+    assert {k: v for k, v in every.metrics.items() if k not in drop} == {
+        k: v for k, v in thinned.metrics.items() if k not in drop
+    }
+
+
+def test_eval_every_saves_checkpoints_at_evaluated_epochs(tiny: TrainConfig, tmp_path) -> None:
+    """A state is written once a multiple of checkpoint_every has passed, at the first evaluated
+    epoch from there (the report a Tune trial attaches it to)."""
+    from dgkd.checkpoint import Checkpoint
+
+    cfg = tiny.replace(epochs=9, checkpoint_every=2, eval_every=3)
+    saved: list[int | None] = []
+    ckpt = Checkpoint(tmp_path)
+    train(cfg, report=lambda epoch, row: saved.append(ckpt.saved_epoch), checkpoint=ckpt)
+    assert sorted({s for s in saved if s is not None}) == [3, 6]  # not 9: the run ends there

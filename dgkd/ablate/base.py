@@ -85,16 +85,19 @@ def resolve_base(
     if storage and not from_study:
         raise AblateError("--storage is only read with --from-study; drop it or add --from-study")
     name = study or from_study
+    # Every epoch evaluated unless --set says otherwise (a study's base may thin it out for
+    # speed): the NC1 claim reads the whole curve.
+    changes = {"eval_every": 1, **overrides}
     if name is None:
-        base = BaseConfig(TrainConfig().replace(**overrides), "default", overrides=overrides)
+        base = BaseConfig(TrainConfig().replace(**changes), "default", overrides=overrides)
     else:
         spec = _load_study(name)
         if study:
-            cfg = spec.config({}).replace(**overrides)
+            cfg = spec.config({}).replace(**changes)
             base = BaseConfig(cfg, "study", spec.name, overrides=overrides)
         else:
             params, where = _best_params(spec, storage=storage, out_dir=Path(out_dir))
-            cfg = spec.config(params).replace(**overrides)
+            cfg = spec.config(params).replace(**changes)
             base = BaseConfig(cfg, "from-study", spec.name, params, overrides, where)
     if base.config.method != "dgkd":
         where = "--set method" if "method" in overrides else f"study {base.study}"

@@ -25,6 +25,17 @@ def test_study_base_without_search():
         resolve_base(study="nope")
 
 
+def test_an_ablation_evaluates_every_epoch_unless_told_otherwise():
+    """A study's base may thin out the per-epoch evaluation; the ablation's NC1 claim reads the
+    whole curve, so it evaluates every epoch unless --set eval_every says otherwise."""
+    from dgkd.study import load_study
+
+    assert load_study("eps_sweep").config({}).eval_every == 5
+    base = resolve_base(study="eps_sweep")
+    assert base.config.eval_every == 1 and dict(base.overrides) == {}
+    assert resolve_base(study="eps_sweep", overrides={"eval_every": 2}).config.eval_every == 2
+
+
 def test_config_hash_ignores_only_fields_that_cannot_change_results():
     from dgkd.ablate.base import config_hash
 

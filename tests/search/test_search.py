@@ -364,3 +364,22 @@ def test_pruning_stops_clearly_worse_trials_early(tmp_path: Path) -> None:
     assert list(frame.loc[10:, "state"]) == ["PRUNED", "PRUNED"]  # lr 1e-6 learns nothing
     assert list(frame.loc[10:, "pruned_epoch"]) == [1, 1]
     assert frame.loc[10:, "test_acc"].isna().all()  # no final metrics for a pruned trial
+
+
+def test_a_trial_reports_and_keeps_only_its_evaluated_epochs(tmp_path: Path) -> None:
+    """With eval_every, a trial reports (and can be pruned) at its evaluated epochs only; its
+    final metrics are those of a run that evaluates every epoch."""
+    args = ("--study", "smoke", "--trials", "2", "--set", "epochs=5")
+    assert search(tmp_path / "every", *args) == 0
+    assert search(tmp_path / "thinned", *args, "--set", "eval_every=2") == 0
+    for number in (0, 1):
+        history = pd.read_csv(tmp_path / "thinned" / "smoke" / "history" / f"trial_{number}.csv")
+        assert list(history["epoch"]) == [2, 4, 5]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "thinned/smoke/journal.log"))
+    )
+    stored = optuna.load_study(study_name="smoke", storage=storage)
+    assert [sorted(t.intermediate_values) for t in stored.trials] == [[2, 4, 5], [2, 4, 5]]
+    every, thinned = trials(tmp_path / "every"), trials(tmp_path / "thinned")
+    for key in ("val_acc", "test_acc", "train_nc1"):
+        assert list(every[key]) == list(thinned[key]), key
