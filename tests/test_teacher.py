@@ -92,7 +92,6 @@ def test_fresh_process_loads_from_cache(tiny: TrainConfig, dgkd_cache: Path) -> 
     assert info["config"]["epochs"] == 2 and info["config"]["method"] == "ce"
     got = _result(_spawn(tiny))
     assert got["source"] == "cache"  # not trained again
-    assert got["seconds"] < 1.0
     assert got["digest"] == _digest(bundle)  # the very same teacher
 
 

@@ -116,3 +116,10 @@ def _stop(procs: Sequence[multiprocessing.process.BaseProcess], timeout: float =
             if p.is_alive():
                 p.kill()
                 p.join()
+                # Its RUNNING trials are failed and re-run by the next start's recovery.
+                print(
+                    f"dgkd-search: {p.name} did not stop within {timeout:.0f} s and was killed; "
+                    "the next run re-runs its trials",
+                    file=sys.stderr,
+                    flush=True,
+                )
