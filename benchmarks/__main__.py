@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from rich.console import Console
 
-from benchmarks import ablate, loss, memory, profile, search, steps, trial
+from benchmarks import ablate, loss, memory, methods, profile, search, steps, trial
 from benchmarks.report import Comparison, document, machine, markdown, rich_table
 from dgkd.io import atomic_write_text
 
@@ -25,6 +25,7 @@ __all__ = ["COMPARISONS", "CUDA_COMPARISONS", "main"]
 COMPARISONS: dict[str, Callable[..., Comparison]] = {
     "loss": loss.run,
     "steps": steps.run,
+    "methods": methods.run,
     "trial": trial.run,
     "memory": memory.run,
     "profile": profile.run,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from benchmarks import ablate, memory, profile, search, trial
+from benchmarks import ablate, memory, methods, profile, search, trial
 from benchmarks.__main__ import COMPARISONS, main
 from benchmarks.report import Comparison, Row, markdown
 
@@ -19,6 +20,7 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
     for heading in (
         "Gradient term",
         "overhead per training step",
+        "Plugin methods per training step",
         "One trial",
         "Memory",
         "Profile",
@@ -68,15 +70,66 @@ def test_cuda_runs_only_the_loss_and_step_comparisons(tmp_path: Path, capsys, mo
 
 
 def test_every_comparison_is_a_module_taking_the_device() -> None:
-    assert list(COMPARISONS) == ["loss", "steps", "trial", "memory", "profile", "search", "ablate"]
+    assert list(COMPARISONS) == [
+        "loss",
+        "steps",
+        "methods",
+        "trial",
+        "memory",
+        "profile",
+        "search",
+        "ablate",
+    ]
     for name, run in COMPARISONS.items():
         assert run.__module__ == f"benchmarks.{name}"
 
 
-@pytest.mark.parametrize("module", [trial, memory, profile, ablate])
+@pytest.mark.parametrize("module", [trial, methods, memory, profile, ablate])
 def test_cpu_comparisons_refuse_another_device(module) -> None:
     with pytest.raises(ValueError, match="CPU only"):
         module.run(torch.device("cuda"), quick=True)
+
+
+def test_methods_compares_builtins_with_plugins_in_quick_mode(tmp_path: Path) -> None:
+    """Every case and ratio is reported, and the plugins passed the same-computation check."""
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["--quick", "--only", "methods", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert methods.TITLE in text
+    for name in ("kd", "dkd"):
+        for k in (1, 2):
+            assert f"| {name}, K={k}: one step of the population |" in text
+            assert f"| {name} plugin, K={k}: one step of the population |" in text
+            assert f"| {name} plugin / built-in, population of {k} |" in text
+        assert f"| {name} built-in per member, population of 2 / population of 1 |" in text
+        assert f"- {name} plugin vs built-in on the same logits (K=2, first batch)" in text
+    assert "One trial" not in text  # --only: the other comparisons did not run
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd"])
+def test_benchmark_plugins_compute_the_builtins_losses(name: str) -> None:
+    """The plugins the methods comparison times compute what the built-ins' kernels do, for
+    members with different settings and warmup factors (so the times compare one loss)."""
+    from dgkd.config import TrainConfig
+    from dgkd.step import population_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 128, 10, generator=g) * 3
+    y = torch.randint(0, 10, (3, 128), generator=g)
+    changes: list[dict[str, Any]] = [
+        {"temperature": 2.0, "alpha": 0.5},
+        {"beta": 3.0, "kd_weight": 1.5},
+        {},
+    ]
+    weights = [0.4, 1.0, 1.0]
+    out = []
+    for method in (name, methods.PAIRS[name]):
+        cfgs = [TrainConfig(method=method, ce_weight=0.7, **c) for c in changes]
+        logits = s.clone().requires_grad_()
+        loss, _ = population_loss(cfgs, logits, t, y, weights)
+        loss.sum().backward()
+        out.append((loss.detach(), logits.grad))
+    torch.testing.assert_close(out[1], out[0], rtol=methods.TOLERANCE, atol=methods.TOLERANCE)
 
 
 def test_search_times_the_packaged_study() -> None:
