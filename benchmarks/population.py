@@ -1,11 +1,15 @@
 """Populations: K students trained as one set of tensor operations, against K runs in a row.
 
-Usage: ``python -m benchmarks.population [--epochs 40] [--ks 1 4 8 16 32 64] [--quick]``;
-prints a markdown section. Every figure is a ratio of times measured in the same run, on one
-CPU thread (absolute times on a shared machine drift; ratios measured back to back hold):
+Usage: ``python -m benchmarks.population [--epochs 40] [--ks 1 4 8 16 32 64] [--capped 32]
+[--quick]``; prints a markdown section. Every figure is a ratio of times measured in the same
+run, on one CPU thread (absolute times on a shared machine drift; ratios measured back to back
+hold):
 
-* seed-runs per hour of the default config: ``train_population`` of K seeds against 8
-  sequential ``train()`` calls;
+* seed-runs per hour of the default config: ``train_population`` of K seeds as one population
+  (``DGKD_MAX_POPULATION=0``) against 8 sequential ``train()`` calls, and K seeds cut by the
+  CPU's cap (``dgkd.train.max_population``); beside each K, the GFLOP/s of its training step
+  (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``: the matrix products of forward
+  and backward) and their share of the core's estimated peak (``benchmarks.peak``);
 * the per-member cost of one training step in a population of 8, DGKD against CE;
 * peak resident memory of a population of 64 default members (a fresh process);
 * the two ways to stack students, on the default student: grouped modules (what
@@ -17,16 +21,20 @@ CPU thread (absolute times on a shared machine drift; ratios measured back to ba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.peak import machine_peak
 from dgkd.config import TrainConfig
 from dgkd.loop import population_loss, resolve_device
 from dgkd.losses import TeacherStats, teacher_stats
@@ -34,7 +42,7 @@ from dgkd.models import build_model, build_population
 from dgkd.optim import PopulationOptimizer
 from dgkd.runtime import set_threads
 from dgkd.teacher import load_teacher
-from dgkd.train import splits_for, train, train_population
+from dgkd.train import max_population, population_groups, splits_for, train, train_population
 
 __all__ = ["main"]
 
@@ -55,32 +63,94 @@ def _best(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- seed-runs per hour
 
 
-def seed_runs(base: TrainConfig, ks: Sequence[int], *, sequential: int, repeats: int) -> str:
-    """Seed-runs per hour: populations of K seeds against ``sequential`` train() calls."""
+@contextlib.contextmanager
+def _population_cap(cap: int | None) -> Iterator[None]:
+    """``DGKD_MAX_POPULATION`` set to ``cap`` (None: unset, the machine's rule), then restored."""
+    old = os.environ.pop("DGKD_MAX_POPULATION", None)
+    if cap is not None:
+        os.environ["DGKD_MAX_POPULATION"] = str(cap)
+    try:
+        yield
+    finally:
+        os.environ.pop("DGKD_MAX_POPULATION", None)
+        if old is not None:
+            os.environ["DGKD_MAX_POPULATION"] = old
+
+
+def seed_runs(
+    base: TrainConfig,
+    ks: Sequence[int],
+    *,
+    sequential: int,
+    repeats: int,
+    capped: int = 0,
+    cap: int | None = None,
+    n: int = 50,
+) -> str:
+    """Seed-runs per hour: populations of K seeds against ``sequential`` train() calls, and
+    ``capped`` seeds under ``cap`` (None: the machine's own cap; ``capped`` 0: no such row)."""
     train(base)  # data, teacher and first-call costs out of the way
+    cfgs_of = {k: [base.replace(seed=s) for s in range(k)] for k in {*ks, capped} if k}
+    with _population_cap(cap):
+        chunks = [len(g) for g in population_groups(cfgs_of[capped])] if capped else []
     seq: list[float] = []
     pops: dict[int, list[float]] = {k: [] for k in ks}
+    cut: list[float] = []
     for _ in range(repeats):  # interleaved: each repeat times every case once
         seq.append(_timed(lambda: [train(base.replace(seed=s)) for s in range(sequential)]))
-        for k in ks:
-            cfgs = [base.replace(seed=s) for s in range(k)]
-            pops[k].append(_timed(lambda cfgs=cfgs: train_population(cfgs)))
+        with _population_cap(0):
+            for k in ks:
+                pops[k].append(_timed(lambda cfgs=cfgs_of[k]: train_population(cfgs)))
+        if capped:
+            with _population_cap(cap):
+                cut.append(_timed(lambda: train_population(cfgs_of[capped])))
+    rates = step_rates(base, sorted({1, *ks, *chunks}), repeats=repeats, n=n)
     per_hour = sequential * 3600 / _best(seq)
+    peak = machine_peak()
     lines = [
         f"Default config ({base.epochs} epochs, student {base.student} width "
         f"{base.student_width}, method {base.method}), one thread, best of {repeats} "
-        "interleaved repeats.",
+        "interleaved repeats. GFLOP/s: one training step of the population (forward, loss, "
+        f"backward, optimizer; batch {base.batch_size}), its matrix products' FLOPs "
+        f"({rates[1][0] / 1e6:.1f} MFLOP per member-step, FlopCounterMode) over its time, best "
+        f"of {repeats} interleaved blocks of {n} steps; % of peak: of "
+        + (f"the {peak.describe()}." if peak else "an unknown peak (no /proc/cpuinfo)."),
         "",
-        "| runs | wall s | seed-runs / hour | vs sequential |",
-        "|---|---:|---:|---:|",
-        f"| {sequential} x train() in a row | {_best(seq):.2f} | {per_hour:.0f} | 1.00x |",
+        "| runs | wall s | seed-runs / hour | vs sequential | step GFLOP/s | % of peak |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for k in ks:
-        rate = k * 3600 / _best(pops[k])
-        lines.append(
-            f"| population of {k} | {_best(pops[k]):.2f} | {rate:.0f} | {rate / per_hour:.2f}x |"
+
+    def row(name: str, wall: float, runs: int, size: int) -> str:
+        rate = runs * 3600 / wall
+        gflops = rates[size][0] / rates[size][1] / 1e9
+        share = f"{100 * gflops / peak.gflops:.1f}" if peak else "-"
+        return (
+            f"| {name} | {wall:.2f} | {rate:.0f} | {rate / per_hour:.2f}x | {gflops:.2f} "
+            f"| {share} |"
         )
+
+    lines.append(row(f"{sequential} x train() in a row", _best(seq), sequential, 1))
+    for k in ks:
+        lines.append(row(f"population of {k}", _best(pops[k]), k, k))
+    if capped:
+        same = len(set(chunks)) == 1
+        shape = f"{len(chunks)} x {chunks[0]}" if same else " + ".join(map(str, chunks))
+        lines.append(row(f"{capped} seeds, capped ({shape})", _best(cut), capped, max(chunks)))
     return "\n".join(lines)
+
+
+def step_rates(
+    base: TrainConfig, ks: Sequence[int], *, repeats: int, n: int
+) -> dict[int, tuple[float, float]]:
+    """Per population size: (FLOPs, seconds) of one training step of K default members."""
+    steps = {k: _Step([base.replace(seed=s) for s in range(k)]) for k in ks}
+    flops: dict[int, float] = {}
+    for k, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops[k] = float(counter.get_total_flops())
+    sec = _step_seconds({str(k): step for k, step in steps.items()}, repeats=repeats, n=n)
+    return {k: (flops[k], sec[str(k)]) for k in ks}
 
 
 # --------------------------------------------------------------------------- one step
@@ -247,6 +317,7 @@ def peak_rss(*, sizes: Sequence[int], epochs: int) -> str:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, "DGKD_MAX_POPULATION": "0"},  # one population, however large
         )
         kib = json.loads(out.stdout.strip().splitlines()[-1])
         lines.append(f"| {size} | {kib / 1024:.0f} |")
@@ -260,6 +331,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__)
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: config's)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
+    p.add_argument(
+        "--capped",
+        type=int,
+        default=32,
+        help="also time this many seeds cut by the CPU's population cap (0: no such row)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="repeats of each step timing")
     p.add_argument("--run-repeats", type=int, default=3, help="repeats of the seed-run timing")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
@@ -274,13 +351,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs is not None:
         base = base.replace(epochs=args.epochs)
     ks, n, rss_sizes, rss_epochs = args.ks, 50, (1, 64), 2
+    capped, cap = args.capped, None
     if args.quick:
         base = base.replace(epochs=1, teacher_epochs=1)
         ks, n, rss_sizes, rss_epochs = [1, 2], 2, (2,), 1
+        capped, cap = 3, 2  # the cap forced low: checks the row, not the machine's rule
+    limit = max_population(base, resolve_device(base.device)) if cap is None else cap
+    if not limit or capped <= limit:
+        capped = 0  # no cap, or K under it: the row would repeat "population of K"
     sections = [
         (
             "Seed-runs per hour",
-            seed_runs(base, ks, sequential=1 if args.quick else 8, repeats=args.run_repeats),
+            seed_runs(
+                base,
+                ks,
+                sequential=1 if args.quick else 8,
+                repeats=args.run_repeats,
+                capped=capped,
+                cap=cap,
+                n=n,
+            ),
         ),
         (
             "Per-member step cost",

@@ -38,6 +38,7 @@ __all__ = [
     "TEST_POOL_SEED",
     "VAL_POOL_SEED",
     "Splits",
+    "input_spec",
     "load_splits",
     "uses_val_pool",
 ]
@@ -248,6 +249,18 @@ def _mnist1d_pool(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(x).float(), torch.from_numpy(y).long()
+
+
+def input_spec(name: str) -> tuple[tuple[int, ...], int]:
+    """``(input shape, number of classes)`` of dataset ``name``, what a model is built for,
+    without loading its splits (MNIST-1D's published arrays, cached, give its length)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name == "mnist1d":
+        return (_mnist1d_arrays()["x"].shape[1],), 10
+    from dgkd.images import image_spec
+
+    return image_spec(name)
 
 
 def load_splits(

@@ -23,6 +23,7 @@ __all__ = [
     "DatasetMissingError",
     "ImageArrays",
     "augment_crop_flip",
+    "image_spec",
     "load_image_dataset",
 ]
 
@@ -122,6 +123,12 @@ _SPECS: dict[str, _Spec] = {
     "svhn": _Spec(_load_svhn, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 assert tuple(sorted(_SPECS)) == IMAGE_DATASETS
+
+
+def image_spec(name: str) -> tuple[tuple[int, ...], int]:
+    """``(input shape, number of classes)`` of image dataset ``name``, without its files."""
+    spec = _SPECS[name]
+    return (len(spec.mean), 32, 32), spec.num_classes
 
 
 def load_image_dataset(

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from dgkd import metrics
 from dgkd.checkpoint import Checkpoint, as_checkpoint
 from dgkd.config import ConfigError, TrainConfig, check_method, field_names
-from dgkd.data import Splits, load_splits
+from dgkd.data import Splits, input_spec, load_splits
 from dgkd.loop import (
     MEMBER_FIELDS,
     PopulationReport,
@@ -31,12 +31,15 @@ from dgkd.loop import (
     resolve_device,
 )
 from dgkd.losses import grad_terms
+from dgkd.models import activation_bytes, has_width
 from dgkd.runtime import set_threads
 from dgkd.teacher import TeacherBundle, load_teacher, teacher_key
 
 __all__ = [
+    "POPULATION_BUDGET_BYTES",
     "TrainResult",
     "evaluate",
+    "max_population",
     "population_groups",
     "splits_for",
     "train",
@@ -126,8 +129,9 @@ def train_population(
 
     Configs that may share a population (:func:`population_groups`: they differ only in seed,
     loss settings, lr and weight decay) train as one, K students in one set of tensor
-    operations; the others as further populations, one after another. A member's results do not
-    depend on its neighbours: they are those of its own ``train(cfg)``.
+    operations, up to :func:`max_population` of them (more are cut into several); the others as
+    further populations, one after another. A member's results do not depend on its neighbours:
+    they are those of its own ``train(cfg)``.
 
     Args:
         cfgs: The runs' configurations.
@@ -169,13 +173,78 @@ def train_population(
 def population_groups(cfgs: Sequence[TrainConfig]) -> list[list[int]]:
     """Indices of ``cfgs`` grouped into populations: equal in every field but
     :data:`~dgkd.loop.MEMBER_FIELDS`, and sharing one teacher (with ``teacher_lr=0`` the
-    teacher trains at the student's lr, so lr can split a group), in first-seen order."""
+    teacher trains at the student's lr, so lr can split a group), in first-seen order; a group
+    larger than :func:`max_population` is cut into consecutive populations of near-equal size
+    within it (33 at a cap of 8: 7, 7, 7, 6, 6), which train one after another."""
     groups: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         shared = tuple(getattr(cfg, k) for k in field_names() if k not in MEMBER_FIELDS)
         key = (*shared, cfg.teacher_checkpoint or teacher_key(cfg))
         groups.setdefault(key, []).append(i)
-    return list(groups.values())
+    out: list[list[int]] = []
+    for group in groups.values():
+        cap = _cap(cfgs[group[0]]) if len(group) > 1 else 0
+        count = -(-len(group) // cap) if cap else 1
+        start = 0
+        for j in range(count):
+            n = len(group) // count + (j < len(group) % count)
+            out.append(group[start : start + n])
+            start += n
+    return out
+
+
+# Budget of K x activation_bytes on a CPU, from BENCHMARKS.md's seed-runs per hour on one thread
+# of the 2-core AMD EPYC (32 MiB L3): width-24 cnn1d members (1.03 MiB each at batch 128) ran
+# fastest at K = 4-8 (1.45x sequential) and slower from 16 on (1.10x; 0.86x at 32), width-8 ones
+# (0.37 MiB) fastest at K = 16 (2.98x), slowly less beyond (2.67x at 32). 8.5 MiB gives caps of 8
+# and 22; K x FLOPs per member-step (7.3x apart) cannot give both, K x width x length (3x) nearly.
+POPULATION_BUDGET_BYTES = 17 * 2**19
+
+
+def max_population(cfg: TrainConfig, device: torch.device) -> int:
+    """The most members like ``cfg`` that train as one population on ``device``; 0: no cap.
+
+    On a CPU the members' working set is budgeted: K x :func:`dgkd.models.activation_bytes`
+    of one training batch at most :data:`POPULATION_BUDGET_BYTES` (at least 1 member), since
+    beyond it a population was measured slower per member than a smaller one, and even than
+    runs one at a time. On a GPU there is no cap: it is where populations pay most. The
+    environment variable ``DGKD_MAX_POPULATION`` overrides both (a whole number; 0: no cap).
+
+    Raises:
+        ConfigError: ``DGKD_MAX_POPULATION`` is not a whole number.
+    """
+    raw = os.environ.get("DGKD_MAX_POPULATION", "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise ConfigError(f"DGKD_MAX_POPULATION must be a whole number >= 0, got {raw!r}")
+        return int(raw)
+    if device.type != "cpu":
+        return 0
+    width = cfg.student_width if has_width(cfg.student) else 0
+    size = _member_bytes(cfg.student, width, cfg.dataset, cfg.batch_size)
+    return max(1, POPULATION_BUDGET_BYTES // size)
+
+
+def _cap(cfg: TrainConfig) -> int:
+    """:func:`max_population` on ``cfg``'s device; none where that device is missing (training
+    says so)."""
+    try:
+        device = resolve_device(cfg.device)
+    except ConfigError:
+        return 0
+    return max_population(cfg, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _member_bytes(student: str, width: int, dataset: str, batch_size: int) -> int:
+    shape, classes = input_spec(dataset)
+    return activation_bytes(
+        student,
+        num_classes=classes,
+        input_shape=shape,
+        width=width or None,
+        batch_size=batch_size,
+    )
 
 
 def _train_population(

@@ -155,3 +155,41 @@ def test_markdown_keeps_the_report_format() -> None:
         "- n",
         "",
     ]
+
+
+def _cpuinfo(flags: str, *, vendor: str = "GenuineIntel", family: str = "6", mhz=(2000.0,)) -> str:
+    """``/proc/cpuinfo`` text of one processor per clock in ``mhz``."""
+    return "\n\n".join(
+        f"processor\t: {i}\nvendor_id\t: {vendor}\ncpu family\t: {family}\n"
+        f"model name\t: Test CPU\ncpu MHz\t\t: {clock:.3f}\nflags\t\t: fpu sse sse2 {flags}"
+        for i, clock in enumerate(mhz)
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "vendor", "family", "gflops"),
+    [
+        ("avx avx2 fma avx512f", "GenuineIntel", "6", 128.0),  # 2 x 16 lanes x 2 x 2 GHz
+        ("avx avx2 fma", "GenuineIntel", "6", 64.0),
+        ("avx avx2 fma", "AuthenticAMD", "23", 64.0),
+        ("avx avx2 fma avx512f", "AuthenticAMD", "25", 64.0),  # Zen 4: 256-bit units
+        ("avx", "GenuineIntel", "6", 32.0),
+    ],
+)
+def test_the_core_peak_follows_the_vector_flags(flags, vendor, family, gflops) -> None:
+    from benchmarks.peak import parse_cpuinfo
+
+    peak = parse_cpuinfo(_cpuinfo(flags, vendor=vendor, family=family))
+    assert peak.gflops == pytest.approx(gflops)
+    assert "Test CPU" in peak.describe() and "estimated" in peak.describe()
+
+
+def test_the_core_peak_takes_the_highest_clock_or_lscpus_max() -> None:
+    from benchmarks.peak import parse_cpuinfo
+
+    text = _cpuinfo("avx2 fma", mhz=(1500.0, 2500.0))
+    assert parse_cpuinfo(text).ghz == pytest.approx(2.5)
+    assert parse_cpuinfo(text, max_mhz=3700.0).ghz == pytest.approx(3.7)
+    assert "lscpu" in parse_cpuinfo(text, max_mhz=3700.0).describe()
+    with pytest.raises(ValueError, match="cpu MHz"):
+        parse_cpuinfo("processor\t: 0\nflags\t\t: avx2 fma\n")

@@ -16,11 +16,11 @@ import pytest
 import torch
 from fakes import image_splits
 
-from dgkd.config import TrainConfig
+from dgkd.config import ConfigError, TrainConfig
 from dgkd.loop import DivergedError, check_population, fit, fit_population
 from dgkd.models import Population, build_model
 from dgkd.optim import PopulationOptimizer, build_optimizer
-from dgkd.train import population_groups, train, train_population
+from dgkd.train import max_population, population_groups, train, train_population
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -78,7 +78,7 @@ _CHILD = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from dgkd.config import TrainConfig
+from dgkd.config import ConfigError, TrainConfig
 from dgkd.train import train_population
 cfgs = [TrainConfig(epochs=2, teacher_epochs=2, val_pool=200, test_pool=400, seed=s, method=m)
         for s, m in ((0, "dgkd"), (1, "ce"), (2, "kd"))]
@@ -111,6 +111,59 @@ def test_configs_that_cannot_share_are_split_into_populations(tiny: TrainConfig)
         assert result.config == cfg and _same(result.metrics, train(cfg).metrics)
     with pytest.raises(ValueError, match="must share student_width"):
         check_population(cfgs[:2])
+
+
+def test_a_population_above_the_cap_trains_as_several_with_the_same_results(
+    tiny: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the cap, members train in consecutive populations of near-equal size, one after
+    another; each member is still its own run, and the results keep the caller's order."""
+    import dgkd.train
+
+    cfgs = [tiny.replace(seed=s, epochs=1) for s in (0, 1, 9, 2, 3, 4)]
+    cfgs[2] = cfgs[2].replace(student_width=12)  # a population of its own
+    trained: list[list[int]] = []  # the seeds of each population, in training order
+    real = dgkd.train._train_population
+
+    def spy(members: list[TrainConfig], **kw):
+        trained.append([c.seed for c in members])
+        return real(members, **kw)
+
+    monkeypatch.setattr(dgkd.train, "_train_population", spy)
+    monkeypatch.setenv("DGKD_MAX_POPULATION", "0")  # no cap
+    whole = train_population(cfgs)
+    assert trained == [[0, 1, 2, 3, 4], [9]]
+    trained.clear()
+    monkeypatch.setenv("DGKD_MAX_POPULATION", "2")
+    assert population_groups(cfgs) == [[0, 1], [3, 4], [5], [2]]
+    cut = train_population(cfgs)
+    assert trained == [[0, 1], [2, 3], [4], [9]]
+    assert [r.config for r in cut] == cfgs
+    for a, b in zip(cut, whole, strict=True):
+        assert _same(a.metrics, b.metrics) and a.history == b.history
+
+
+def test_a_cpu_caps_populations_by_their_members_activations(
+    tiny: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DGKD_MAX_POPULATION", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert max_population(tiny, cpu) == 8  # width 24: fastest at 4-8 (BENCHMARKS.md)
+    assert 16 <= max_population(tiny.replace(student_width=8), cpu) <= 24  # fastest at 16
+    images = TrainConfig(dataset="cifar10", teacher="resnet8", student="resnet8")
+    assert max_population(images, cpu) == 1  # one member's activations exceed the budget
+    assert max_population(tiny, cuda) == max_population(images, cuda) == 0  # no cap on a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert population_groups([tiny.replace(seed=s) for s in range(20)]) == [
+        list(range(0, 7)),
+        list(range(7, 14)),
+        list(range(14, 20)),
+    ]
+    monkeypatch.setenv("DGKD_MAX_POPULATION", "3")  # the user's cap, on any device
+    assert max_population(tiny, cpu) == max_population(images, cuda) == 3
+    monkeypatch.setenv("DGKD_MAX_POPULATION", "many")
+    with pytest.raises(ConfigError, match="DGKD_MAX_POPULATION must be a whole number"):
+        population_groups([tiny, tiny.replace(seed=1)])
 
 
 def test_report_stops_single_members_and_drops_them(tiny: TrainConfig, monkeypatch) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "Population",
     "ResNet",
     "WideResNet",
+    "activation_bytes",
     "build_model",
     "build_population",
     "count_parameters",
@@ -128,6 +129,36 @@ def build_model(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return builder(tuple(input_shape), num_classes, width if width is not None else default_width)
+
+
+def activation_bytes(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    width: int | None = None,
+    batch_size: int,
+) -> int:
+    """Bytes that autograd keeps for the backward pass of one member's training forward on a
+    batch: the working set that a population multiplies by K, which
+    :func:`dgkd.train.max_population` budgets on a CPU.
+
+    Measured on the meta device (shapes only: nothing is computed, no generator is drawn from),
+    so it costs a model's construction whatever its size.
+    """
+    saved: list[torch.Tensor] = []  # alive until counted, so that no two share an id
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(name, num_classes=num_classes, input_shape=input_shape, width=width)
+        x = torch.empty(batch_size, *input_shape)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()(x)
+    unique = {id(t): t for t in saved}.values()  # a tensor saved by two operations is held once
+    return sum(t.numel() * t.element_size() for t in unique)
 
 
 def count_parameters(model: nn.Module) -> int:

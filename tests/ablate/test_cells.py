@@ -34,7 +34,8 @@ def test_all_variants_share_seeds_split_and_teacher():
         assert diff(full[c.seed], c.config) == EXPECTED[c.variant]
 
 
-def test_populations_are_seed_major_runs_that_keep_every_worker_busy():
+def test_populations_are_seed_major_runs_that_keep_every_worker_busy(monkeypatch):
+    monkeypatch.setenv("DGKD_MAX_POPULATION", "0")  # the plan's own sizes, on any machine
     cells = plan_cells(TrainConfig(**TINY), tuple(VARIANTS), range(10))  # 80 cells
 
     def sizes(pops: list[list[Cell]]) -> list[int]:
@@ -51,6 +52,8 @@ def test_populations_are_seed_major_runs_that_keep_every_worker_busy():
     other = [Cell(c.variant, c.seed, c.config.replace(student_width=4)) for c in cells[:3]]
     mixed = [*cells[:2], *other, cells[2]]
     assert plan_populations(mixed, workers=1, size=16) == [cells[:3], other]
+    monkeypatch.setenv("DGKD_MAX_POPULATION", "8")  # a smaller population cap cuts further
+    assert sizes(plan_populations(cells, workers=1, size=16)) == [8] * 10
 
 
 def test_nc1_auc_is_the_mean_log_nc1_over_epochs():
