@@ -361,7 +361,7 @@ def _search(
 def _drop_states(grid: Any, *, errored: bool) -> None:
     """Delete the trial states (not the students) in the checkpoints of trials that ended, and
     of errored ones when ``errored`` (a run that ended: no restore will re-run them)."""
-    from dgkd.checkpoint import STATE_GLOB
+    from dgkd.config import STATE_GLOB  # not dgkd.checkpoint's: that imports torch
 
     for result in grid:
         metrics = result.metrics or {}
