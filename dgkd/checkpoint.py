@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgkd.config import TrainConfig
+from dgkd.config import STATE_GLOB, TrainConfig
 from dgkd.errors import one_line
 from dgkd.io import atomic_write_bytes
 from dgkd.state import MemberRun, PopulationState, evaluates
@@ -50,7 +50,6 @@ __all__ = [
     "sigterm_interrupts",
 ]
 
-STATE_GLOB = "population-*.pt"
 _FORMAT = 1
 # Fields that locate data or say when to save: a run may resume under other values.
 _NOT_STATE = ("checkpoint_every", "data_root", "download")

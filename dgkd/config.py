@@ -28,6 +28,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "SEQUENCE_MODELS",
+    "STATE_GLOB",
     "ConfigError",
     "TrainConfig",
     "check_method",
@@ -46,6 +47,9 @@ LOSS_FIELDS: dict[str, tuple[str, ...]] = methods.builtin_fields()
 # Fields that never change a run's results, only how it is carried out: runs that differ in them
 # are the same experiment (a resumed search or ablation may change them).
 NEUTRAL_FIELDS = ("checkpoint_every",)
+# The files dgkd.checkpoint saves a run's state in, every checkpoint_every epochs (named here
+# for readers without torch, as the Ray search's driver).
+STATE_GLOB = "population-*.pt"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 DEVICES = ("auto", "cpu", "cuda")

@@ -9,6 +9,7 @@ Resume and extend. Results live under ``<out>/<study>/ray/``. An interrupted run
 so raising ``--trials`` later adds a further run (``<study>-2``, ...) whose searcher is given
 every earlier trial first; records are numbered across runs in creation order. How trials are
 picked and stopped is in :mod:`.searcher`, how results become records in :mod:`.results`.
+Ray's and Tune's own messages go to ``<out>/<study>/ray.log``, not the terminal (:mod:`.logs`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dgkd.search.export import jsonable
 from dgkd.search.optuna.mirror import StorageMirror
 from dgkd.search.optuna.storage import check_storage, inspect_command
 from dgkd.search.ray.cluster import connect, resolve_address
+from dgkd.search.ray.logs import LOG_FILE, ray_log
 from dgkd.search.ray.results import (
     EPOCH_KEY,
     FAIL_KEY,
@@ -93,13 +95,15 @@ class RayBackend(SearchBackend):
         wanted = signature(study, opts)
         check_signature(_read_json(root / SIGNATURE_FILE), wanted, holder=f"{root} holds a search")
         address = resolve_address(opts.address)
-        with connect(address, log_to_driver=not opts.quiet):
+        where = f"Ray cluster {address}" if address else "a local Ray cluster"
+        # From the cluster's start to its stop: workers' last lines come in as it stops.
+        with ray_log(root.parent / LOG_FILE) as note, connect(address):
             slots = _trial_slots(opts)
             mirror = StorageMirror(study, opts, log)  # once the cluster can run the trials
             root.mkdir(parents=True, exist_ok=True)
             if not (root / SIGNATURE_FILE).is_file():
                 atomic_write_json(root / SIGNATURE_FILE, wanted)
-            where = f"Ray cluster {address}" if address else "a local Ray cluster"
+            note(f"search {study.name} on {where}, {slots} trial(s) at a time")
             return _search(study, opts, root, slots, where, log, mirror)
 
     def preflight(self, study: Study, opts: SearchOptions) -> None:
@@ -357,7 +361,7 @@ def _search(
 def _drop_states(grid: Any, *, errored: bool) -> None:
     """Delete the trial states (not the students) in the checkpoints of trials that ended, and
     of errored ones when ``errored`` (a run that ended: no restore will re-run them)."""
-    from dgkd.checkpoint import STATE_GLOB
+    from dgkd.config import STATE_GLOB  # not dgkd.checkpoint's: that imports torch
 
     for result in grid:
         metrics = result.metrics or {}

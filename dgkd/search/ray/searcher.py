@@ -4,7 +4,9 @@ Search. ``tune.Tuner`` with ``OptunaSearch`` over :meth:`Space.distributions` (t
 sampler, seeded; enqueued points first) and an ASHA scheduler for the study's pruner: ``median``
 is ASHA with reduction factor 2 (a trial below the median at a rung stops) from a quarter of the
 epochs, ``hyperband`` ASHA with reduction factor 3 from an eighth, ``none`` no scheduler. Actors
-are reused, so a worker process loads the data and the teacher once.
+are reused, so a worker process loads the data and the teacher once. Tune's CSV and JSON logs
+of each trial are kept, not its TensorBoard files (whose writer would import torch in the
+driver), and each trial keeps its last two checkpoints (fewer forced experiment snapshots).
 
 A trial stopped by the scheduler is PRUNED in the Optuna study the searcher learns from too
 (Ray's own ``OptunaSearch`` would tell it COMPLETE with a partial value).
@@ -26,10 +28,12 @@ from dgkd.search.sampling import make_sampler
 if TYPE_CHECKING:
     from dgkd.study import Study
 
-__all__ = ["MAX_FAILURES", "new_tuner", "quiet_tune", "ray_classes", "set_live"]
+__all__ = ["KEEP_CHECKPOINTS", "MAX_FAILURES", "new_tuner", "quiet_tune", "ray_classes", "set_live"]
 
 MAX_FAILURES = 1  # re-runs of a trial whose worker crashed (a lost node, not a divergence)
+KEEP_CHECKPOINTS = 2  # per trial: the latest state and the one before (see new_tuner)
 
+_CLASSES = ("_Searcher", "_Progress", "_NoTensorBoard")  # made by ray_classes()
 LiveHook = Callable[[Sequence[Any], dict[str, str]], None]  # (Tune trials, {id: ended status})
 _LIVE: LiveHook | None = None  # the running search's hook
 
@@ -41,13 +45,14 @@ def set_live(hook: LiveHook | None) -> None:
 
 
 def ray_classes() -> dict[str, type]:
-    """``_Searcher`` and ``_Progress``, defined on first use so that importing this module stays
-    light; module attributes, so Tune's pickles find them."""
+    """``_Searcher``, ``_Progress`` and ``_NoTensorBoard``, defined on first use so that
+    importing this module stays light; module attributes, so Tune's pickles find them."""
     if "_Searcher" in globals():
-        return {"_Searcher": globals()["_Searcher"], "_Progress": globals()["_Progress"]}
+        return {name: globals()[name] for name in _CLASSES}
     import optuna
     from optuna.trial import TrialState as OptunaState
     from ray.tune import Callback
+    from ray.tune.logger import LoggerCallback, TBXLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
     to_optuna = {TrialState.COMPLETE: OptunaState.COMPLETE, TrialState.PRUNED: OptunaState.PRUNED}
@@ -136,15 +141,32 @@ def ray_classes() -> dict[str, type]:
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._notify(trials, {trial.trial_id: "ERROR"})
 
-    for cls in (_Searcher, _Progress):
+    class _NoTensorBoard(TBXLoggerCallback):
+        """Stands in for the TensorBoard logger Tune adds to every run: nothing here reads its
+        files, and its tensorboardX imports torch, seconds of the driver's time at each start
+        while the trials' workers start on the same cores. Tune's CSV and JSON logs stay."""
+
+        def __init__(self) -> None:  # not TBXLoggerCallback's: that imports tensorboardX
+            pass
+
+        log_trial_start = LoggerCallback.log_trial_start
+        log_trial_result = LoggerCallback.log_trial_result
+        log_trial_end = LoggerCallback.log_trial_end
+
+    classes: dict[str, type] = {
+        "_Searcher": _Searcher,
+        "_Progress": _Progress,
+        "_NoTensorBoard": _NoTensorBoard,
+    }
+    for cls in classes.values():
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__
         globals()[cls.__name__] = cls
-    return {"_Searcher": _Searcher, "_Progress": _Progress}
+    return classes
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: unpickling a restored run finds the classes
-    if name in ("_Searcher", "_Progress"):
+    if name in _CLASSES:
         return ray_classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -227,9 +249,13 @@ def new_tuner(
             storage_path=str(path.parent),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             # A trial's latest state is all a retry needs (and its last holds the student);
-            # older ones would pile up, megabytes each for a CIFAR ResNet.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[classes["_Progress"]()],
+            # older ones would pile up, megabytes each for a CIFAR ResNet. Tune snapshots the
+            # whole experiment on the spot each time a trial has saved num_to_keep checkpoints
+            # since the last snapshot (a restore must not look for a deleted one): at 1 that is
+            # at every trial's end, at 2 every other state saved, and never for a trial that
+            # saves only its student (checkpoint_every >= epochs).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            callbacks=[classes["_Progress"](), classes["_NoTensorBoard"]()],
             verbose=0,
         ),
     )

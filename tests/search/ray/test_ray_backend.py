@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 import secrets
 import shutil
 import signal
@@ -308,6 +309,44 @@ def test_resume_with_another_config_is_refused(smoke, cluster: str) -> None:
     opts = _opts(out, study, SMOKE_TRIALS, cluster, overrides={"lr": 0.03})
     with pytest.raises(SearchInputError, match=r"another config \(lr .*--fresh"):
         RayBackend().run(study, opts)
+
+
+# --- Ray's own messages -------------------------------------------------------------------------
+
+
+def test_tune_warnings_go_to_ray_log_not_the_terminal(
+    cluster: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tune's warning about frequent experiment snapshots, made certain here (any two forced
+    ones within 1000 s; a trial saving its state every epoch forces two), is in ray.log and not
+    on the terminal; Ray's logger prints to the terminal again afterwards."""
+    import logging
+
+    from dgkd.cli import search_main
+
+    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    spec = tmp_path / "smoke.toml"  # no pruning: the one trial runs every epoch
+    spec.write_text(Path(load_study("smoke").source).read_text().replace('"median"', '"none"'))
+    rc = search_main(
+        [
+            "--study", str(spec), "--trials", "1", "--seeds", "1", "--backend", "ray",
+            "--address", cluster, "--out", str(tmp_path), "--set", "epochs=4",
+            "--set", "checkpoint_every=1",
+        ]
+    )  # fmt: skip
+    out, err = capfd.readouterr()
+    assert rc == 0, err
+    assert "trial 0 COMPLETE" in out
+    assert err == "" and "snapshotting" not in out and not re.search(r"\bWARNING\b", out), out
+    log = (tmp_path / "smoke" / "ray.log").read_text()
+    assert "search smoke on Ray cluster" in log
+    assert "Experiment state snapshotting has been triggered multiple times" in log
+
+    logging.getLogger("ray.tune").warning("after the search")
+    assert "after the search" in capfd.readouterr().err
 
 
 # --- a local cluster ----------------------------------------------------------------------------
