@@ -66,7 +66,7 @@ def grid_size(study: Study) -> int | None:
 
 def trial_seeds(study: Study, opts: SearchOptions) -> list[int]:
     """The seeds every trial trains (the same in every trial, so trials compare paired)."""
-    return study.trial_seeds(opts.overrides, opts.seeds)
+    return study.trial_seeds(opts.overrides, opts.n_seeds)
 
 
 def trial_total(study: Study, opts: SearchOptions) -> int:

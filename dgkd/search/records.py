@@ -71,10 +71,10 @@ class SearchOptions:
     quiet: bool = False  # plain log lines instead of a live display
     overrides: dict[str, Any] = field(default_factory=dict)  # --set changes to the base config
     mlflow: str | None = None  # MLflow tracking URI: log every trial there (needs the extra)
-    seeds: int | None = None  # seeds per trial; None = the study's
+    n_seeds: int | None = None  # seeds per trial; None = the study's
     batch: int | None = None  # trials trained as one population (Optuna); None = the study's
     confirm_top: int | None = None  # configs the confirm stage retrains; None = the study's
-    confirm_seeds: int | None = None  # fresh seeds per config there; None = the study's
+    n_confirm_seeds: int | None = None  # fresh seeds per config there; None = the study's
     confirm_teachers: int | None = None  # teacher seeds those run under; None = the study's
 
 
