@@ -109,11 +109,19 @@ class Study:
     confirm_round: int = 0
 
     def trial_seeds(
-        self, overrides: dict[str, Any] | None = None, n_seeds: int | None = None
+        self,
+        overrides: dict[str, Any] | None = None,
+        n_seeds: int | None = None,
+        *,
+        base: TrainConfig | None = None,
     ) -> list[int]:
-        """The seeds every trial trains: the base config's seed and the next ``n_seeds - 1``."""
-        first = self.check_overrides(dict(overrides or {})).seed
-        return list(range(first, first + (self.n_seeds if n_seeds is None else n_seeds)))
+        """The seeds every trial trains: the base config's seed and the next ``n_seeds - 1``.
+
+        ``base``: :meth:`check_overrides` of ``overrides`` when the caller has it already.
+        """
+        if base is None:
+            base = self.check_overrides(dict(overrides or {}))
+        return list(range(base.seed, base.seed + (self.n_seeds if n_seeds is None else n_seeds)))
 
     def config(
         self, params: dict[str, Any], overrides: dict[str, Any] | None = None

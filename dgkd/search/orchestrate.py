@@ -9,13 +9,14 @@ outputs. :func:`best_params` reads a finished (or running) search back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dgkd.io import move_aside
-from dgkd.search.common import Log, print_line
+from dgkd.search.common import Log, base_config, print_line
 from dgkd.search.confirm import VERDICT_FILE
 from dgkd.search.export import BEST_FILE, best_record, write_search_outputs
 from dgkd.search.records import (
@@ -61,7 +62,8 @@ def make_options(
 ) -> SearchOptions:
     """Validated :class:`SearchOptions` for ``study`` (``out_dir`` = ``<out>/<study name>``).
 
-    The one place the command's options are checked; None takes the default of
+    The one place the command's options are checked, and where the base config the overrides
+    make is resolved (``base``), once for the whole search; None takes the default of
     :class:`SearchOptions` (``trials``, ``n_seeds`` and the confirm stage's: the study's).
 
     Raises:
@@ -136,6 +138,7 @@ def make_options(
         confirm_top=confirm_top,
         n_confirm_seeds=n_confirm_seeds,
         confirm_teachers=confirm_teachers,
+        base=base,
     )
 
 
@@ -172,6 +175,8 @@ def run_search(study: Study, opts: SearchOptions, *, log: Log | None = None) -> 
     # options half-registered, and the outputs written on that interruption need pandas.
     import pandas  # noqa: F401
 
+    if opts.base is None:  # options built without make_options: resolve the base once here
+        opts = dataclasses.replace(opts, base=base_config(study, opts))
     backend = get_backend(opts.backend)
     backend.preflight(study, opts)  # before anything is moved or written
     if opts.fresh:
