@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _cells(out: Path, seeds: int, overrides: list[str]) -> None:
+def _cells(out: Path, n_seeds: int, overrides: list[str]) -> None:
     """Every cell of the ablation, ``train()`` after ``train()`` (a divergence is a result)."""
     from dgkd.ablate import VARIANTS, resolve_base
     from dgkd.ablate.cells import plan_cells
@@ -66,7 +66,7 @@ def _cells(out: Path, seeds: int, overrides: list[str]) -> None:
 
     base = resolve_base(overrides=parse_overrides(overrides))
     accs: dict[str, float | None] = {}
-    for cell in plan_cells(base.config, tuple(VARIANTS), range(seeds)):
+    for cell in plan_cells(base.config, tuple(VARIANTS), range(n_seeds)):
         try:
             accs[cell.key] = train(cell.config).metrics["test_acc"]
         except DivergedError:
@@ -85,7 +85,7 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
     from dgkd.train import train
 
     require_cpu(device, "ablate")
-    seeds = _QUICK_SEEDS if quick else SEEDS
+    n_seeds = _QUICK_SEEDS if quick else SEEDS
     overrides = list(_QUICK_SET) if quick else []
     base = TrainConfig().replace(**parse_overrides(overrides))
     train(base.replace(epochs=1))  # the teacher and the data cached, as for both children
@@ -95,7 +95,7 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
         tmp = Path(tmp_name)
         walls = {}
         for mode in ("cells", "ablate"):
-            flags = ["--mode", mode, "--out", str(tmp / mode), "--seeds", str(seeds), *sets]
+            flags = ["--mode", mode, "--out", str(tmp / mode), "--seeds", str(n_seeds), *sets]
             start = time.perf_counter()
             run_module("benchmarks.ablate", *flags)
             walls[mode] = time.perf_counter() - start
@@ -113,7 +113,7 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
         (runs[k]["test_acc"] == "" if v is None else float(runs[k]["test_acc"]) == v)
         for k, v in cells.items()
     )
-    label = f"{n} cells ({n // seeds} variants x {seeds} seed{'s' if seeds > 1 else ''})"
+    label = f"{n} cells ({n // n_seeds} variants x {n_seeds} seed{'s' if n_seeds > 1 else ''})"
     one = Row(f"{label}, train() per cell", [walls["cells"]])
     populations = "/".join(map(str, sizes))
     pops = Row(

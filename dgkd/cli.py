@@ -140,6 +140,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seeds",
+        dest="n_seeds",
         type=int,
         default=SEEDS,
         metavar="N",
@@ -214,7 +215,7 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
         tty = sys.stderr.isatty()
         opts = AblationOptions(
             variants=parse_variants(args.variants),
-            seeds=args.seeds,
+            n_seeds=args.n_seeds,
             teachers=args.teachers,
             workers=args.workers,
             backend=args.backend,
@@ -299,13 +300,13 @@ def _search_parser() -> argparse.ArgumentParser:
         help=f"ray backend (default {option_default('cpus_per_trial'):g})")
     add("--gpus-per-trial", type=float, metavar="F", help="ray backend, fractions allowed "
         f"(default {option_default('gpus_per_trial'):g})")
-    add("--seeds", type=int, metavar="K", help="seeds per trial, trained as one population; "
-        "the trial's value is their mean (default: the study's seeds)")
+    add("--seeds", dest="n_seeds", type=int, metavar="K", help="seeds per trial, trained as one "
+        "population; the trial's value is their mean (default: the study's seeds)")
     add("--batch", type=int, metavar="N", help="ask the sampler for N trials at once and train "
         "them as one population (optuna backend; default: the study's batch)")
     add("--confirm-top", type=int, metavar="K", help="retrain the K best configs and the "
         "baseline on fresh seeds and state a verdict; 0 = off (default: the study's [confirm])")
-    add("--confirm-seeds", type=int, metavar="N",
+    add("--confirm-seeds", dest="n_confirm_seeds", type=int, metavar="N",
         help="fresh seeds per config in the confirm stage (default: the study's [confirm])")
     add("--confirm-teachers", type=int, metavar="N", help="teacher seeds the confirm seeds run "
         "under, from the base's teacher_seed; the search ranks under the first one only "
@@ -364,10 +365,10 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             quiet=args.quiet,
             overrides=parse_overrides(args.overrides),
             mlflow=args.mlflow,
-            seeds=args.seeds,
+            n_seeds=args.n_seeds,
             batch=args.batch,
             confirm_top=args.confirm_top,
-            confirm_seeds=args.confirm_seeds,
+            n_confirm_seeds=args.n_confirm_seeds,
             confirm_teachers=args.confirm_teachers,
         )
         records = run_search(study, opts)

@@ -97,10 +97,10 @@ class Study:
     trials: int = 100
     seed: int = 0
     enqueue: tuple[dict[str, Any], ...] = ()  # params enqueued first (eps_sweep: {epsilon = 0})
-    seeds: int = 1  # seeds per trial, trained as one population; the trial's value is their mean
+    n_seeds: int = 1  # seeds per trial, trained as one population; the trial's value: their mean
     batch: int = 1  # trials asked of the sampler at once and trained as one population (Optuna)
     confirm_top: int = 0  # configs the confirm stage retrains on fresh seeds (0 = no stage)
-    confirm_seeds: int = 10  # fresh seeds per config in the confirm stage
+    n_confirm_seeds: int = 10  # fresh seeds per config in the confirm stage
     # teacher seeds the confirm stage runs its seeds under (base teacher_seed onwards); the
     # search itself ranks configs under the first one only
     confirm_teachers: int = 1
@@ -109,11 +109,19 @@ class Study:
     confirm_round: int = 0
 
     def trial_seeds(
-        self, overrides: dict[str, Any] | None = None, seeds: int | None = None
+        self,
+        overrides: dict[str, Any] | None = None,
+        n_seeds: int | None = None,
+        *,
+        base: TrainConfig | None = None,
     ) -> list[int]:
-        """The seeds every trial trains: the base config's seed and the next ``seeds - 1``."""
-        first = self.check_overrides(dict(overrides or {})).seed
-        return list(range(first, first + (self.seeds if seeds is None else seeds)))
+        """The seeds every trial trains: the base config's seed and the next ``n_seeds - 1``.
+
+        ``base``: :meth:`check_overrides` of ``overrides`` when the caller has it already.
+        """
+        if base is None:
+            base = self.check_overrides(dict(overrides or {}))
+        return list(range(base.seed, base.seed + (self.n_seeds if n_seeds is None else n_seeds)))
 
     def config(
         self, params: dict[str, Any], overrides: dict[str, Any] | None = None
@@ -198,9 +206,9 @@ def load_study(name_or_path: str | Path) -> Study:
     if trials < 1:
         raise SpecError(f"{src}: trials: must be >= 1, got {trials}")
     seed = get("seed", int, 0)
-    seeds = get("seeds", int, 1)
-    if seeds < 1:
-        raise SpecError(f"{src}: seeds: must be >= 1 (seeds per trial), got {seeds}")
+    n_seeds = get("seeds", int, 1)
+    if n_seeds < 1:
+        raise SpecError(f"{src}: seeds: must be >= 1 (seeds per trial), got {n_seeds}")
     batch = get("batch", int, 1)
     if batch < 1:
         raise SpecError(f"{src}: batch: must be >= 1 (trials trained at once), got {batch}")
@@ -211,10 +219,10 @@ def load_study(name_or_path: str | Path) -> Study:
             f"{src}: confirm.{unknown[0]}: unknown key; allowed: {', '.join(_CONFIRM_KEYS)}"
         )
     confirm_top = confirm.get("top", Study.confirm_top)
-    confirm_seeds = confirm.get("seeds", Study.confirm_seeds)
+    n_confirm_seeds = confirm.get("seeds", Study.n_confirm_seeds)
     confirm_teachers = confirm.get("teachers", Study.confirm_teachers)
     confirm_round = confirm.get("round", Study.confirm_round)
-    for key, value in (("top", confirm_top), ("seeds", confirm_seeds), ("round", confirm_round)):
+    for key, value in (("top", confirm_top), ("seeds", n_confirm_seeds), ("round", confirm_round)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{src}: confirm.{key}: must be an integer >= 0, got {value!r}")
     if not isinstance(confirm_teachers, int) or isinstance(confirm_teachers, bool):
@@ -223,7 +231,7 @@ def load_study(name_or_path: str | Path) -> Study:
         )
     if confirm_teachers < 1:
         raise SpecError(f"{src}: confirm.teachers: must be an integer >= 1, got {confirm_teachers}")
-    if confirm_top and confirm_seeds < 2:
+    if confirm_top and n_confirm_seeds < 2:
         raise SpecError(f"{src}: confirm.seeds: must be >= 2 to compare paired seeds")
     if "space" not in data:
         raise SpecError(f'{src}: space: missing; name a search space, e.g. space = "eps"')
@@ -266,10 +274,10 @@ def load_study(name_or_path: str | Path) -> Study:
         trials=trials,
         seed=seed,
         enqueue=enqueue,
-        seeds=seeds,
+        n_seeds=n_seeds,
         batch=batch,
         confirm_top=confirm_top,
-        confirm_seeds=confirm_seeds,
+        n_confirm_seeds=n_confirm_seeds,
         confirm_teachers=confirm_teachers,
         confirm_round=confirm_round,
     )

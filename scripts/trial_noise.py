@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = study.config(params, overrides)
     except (ConfigError, SpecError) as exc:
         p.error(str(exc))
-    k = study.seeds
+    k = study.n_seeds
     first = args.first_seed
     sets = [tuple(range(first + s * k, first + (s + 1) * k)) for s in range(args.sets)]
     jobs = [TrialJob(cfg, lambda *a: None, seeds=seeds) for seeds in sets]

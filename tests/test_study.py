@@ -412,15 +412,15 @@ def test_seeds_and_confirm_are_validated(tmp_path: Path, text: str, expected: st
 
 def test_seeds_and_confirm_boundaries_that_are_valid(tmp_path: Path) -> None:
     bare = load_study(write(tmp_path, 'space = "eps"\n'))
-    assert (bare.seeds, bare.batch, bare.confirm_top, bare.confirm_seeds) == (1, 1, 0, 10)
+    assert (bare.n_seeds, bare.batch, bare.confirm_top, bare.n_confirm_seeds) == (1, 1, 0, 10)
     assert load_study(write(tmp_path, 'space = "eps"\nbatch = 3\n')).batch == 3
     study = load_study(write(tmp_path, 'space = "eps"\nseeds = 3\n[confirm]\ntop = 2\nseeds = 2\n'))
-    assert (study.seeds, study.confirm_top, study.confirm_seeds) == (3, 2, 2)
+    assert (study.n_seeds, study.confirm_top, study.n_confirm_seeds) == (3, 2, 2)
     # No confirm stage (top 0): its seeds are not checked against 2.
     off = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 0\nseeds = 0\n'))
-    assert (off.confirm_top, off.confirm_seeds) == (0, 0)
+    assert (off.confirm_top, off.n_confirm_seeds) == (0, 0)
     only_top = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 1\n'))
-    assert (only_top.confirm_top, only_top.confirm_seeds) == (1, 10)
+    assert (only_top.confirm_top, only_top.n_confirm_seeds) == (1, 10)
     assert (bare.confirm_teachers, only_top.confirm_teachers) == (1, 1)
     three = load_study(write(tmp_path, 'space = "eps"\n[confirm]\ntop = 1\nteachers = 3\n'))
     assert three.confirm_teachers == 3
@@ -430,8 +430,8 @@ def test_trial_seeds_start_at_the_configs_seed(tmp_path: Path) -> None:
     study = load_study(write(tmp_path, 'space = "eps"\nseeds = 3\n[base]\nseed = 5\n'))
     assert study.trial_seeds() == [5, 6, 7]
     assert study.trial_seeds({"seed": 10}) == [10, 11, 12]
-    assert study.trial_seeds(seeds=2) == [5, 6]
-    assert study.trial_seeds({"seed": 0}, seeds=1) == [0]
-    assert load_study("eps_sweep").replace(seeds=1).trial_seeds() == [0]
+    assert study.trial_seeds(n_seeds=2) == [5, 6]
+    assert study.trial_seeds({"seed": 0}, n_seeds=1) == [0]
+    assert load_study("eps_sweep").replace(n_seeds=1).trial_seeds() == [0]
     with pytest.raises(ConfigError, match="beta is set by the study's search space"):
         study.trial_seeds({"beta": 1.0})

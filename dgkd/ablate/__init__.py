@@ -6,7 +6,7 @@ names, and runs every (variant, seed) cell on the same seeds, split and teacher,
 one seed differ by their variant alone. Typical use::
 
     base = resolve_base(overrides={"epochs": 20})
-    result = run_ablation(base, AblationOptions(variants=("no_grad_term",), seeds=10))
+    result = run_ablation(base, AblationOptions(variants=("no_grad_term",), n_seeds=10))
     print_summary(result)
 
 The cells train in populations (every variant and seed that can share one, K students in one

@@ -37,7 +37,7 @@ class AblationOptions:
     """
 
     variants: tuple[str, ...] = tuple(VARIANTS)
-    seeds: int = SEEDS  # cells run on seeds 0 .. seeds-1
+    n_seeds: int = SEEDS  # cells run on seeds 0 .. n_seeds-1
     # under teacher seeds base.teacher_seed .. + teachers-1; None = TEACHERS, or 1 when the
     # base loads one teacher from a teacher_checkpoint
     teachers: int | None = None
@@ -58,9 +58,9 @@ class AblationOptions:
     argv: tuple[str, ...] = ()  # the command line, recorded in config.json
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
+        if self.n_seeds < 1:
             raise AblateError(
-                f"--seeds must be >= 1 ({SEEDS} or more for a CI worth reading), got {self.seeds}"
+                f"--seeds must be >= 1 ({SEEDS} or more for a CI worth reading), got {self.n_seeds}"
             )
         if self.teachers is not None and self.teachers < 1:
             raise AblateError(

@@ -42,7 +42,7 @@ def preflight(base: BaseConfig, opts: AblationOptions) -> Plan:
             ``fresh``) a directory holding cells of a different base config.
     """
     variants = parse_variants(opts.variants)
-    seeds = tuple(range(opts.seeds))
+    seeds = tuple(range(opts.n_seeds))
     name = opts.name or base.default_name
     if opts.directory is None and (not name or "/" in name or "\\" in name or name.startswith(".")):
         raise AblateError(f"--name must be a plain directory name, got {name!r}")

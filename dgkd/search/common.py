@@ -22,11 +22,13 @@ from dgkd.search.records import (
 )
 
 if TYPE_CHECKING:
+    from dgkd.config import TrainConfig
     from dgkd.study import Study
 
 __all__ = [
     "LOCAL_FIELDS",
     "Log",
+    "base_config",
     "check_signature",
     "grid_size",
     "is_finite_number",
@@ -65,9 +67,20 @@ def grid_size(study: Study) -> int | None:
     return math.prod(len(values) for values in (study.space.grid() or {}).values())
 
 
+def base_config(study: Study, opts: SearchOptions) -> TrainConfig:
+    """The representative config ``opts.overrides`` make with ``study``: ``opts.base``, which
+    :func:`~dgkd.search.make_options` resolves once per search, else resolved now (options built
+    directly, as tests do).
+
+    Raises:
+        ConfigError: an override is invalid or names a space parameter (only when resolved now).
+    """
+    return opts.base if opts.base is not None else study.check_overrides(opts.overrides)
+
+
 def trial_seeds(study: Study, opts: SearchOptions) -> list[int]:
     """The seeds every trial trains (the same in every trial, so trials compare paired)."""
-    return study.trial_seeds(opts.overrides, opts.seeds)
+    return study.trial_seeds(n_seeds=opts.n_seeds, base=base_config(study, opts))
 
 
 def trial_total(study: Study, opts: SearchOptions) -> int:
@@ -86,14 +99,15 @@ def signature(study: Study, opts: SearchOptions) -> dict[str, Any]:
     from optuna.distributions import distribution_to_json
 
     searched = {p.name for p in study.space.searched()}
-    cfg = study.check_overrides(opts.overrides).to_dict()
+    base = base_config(study, opts)
+    cfg = base.to_dict()
     return {
         "backend": opts.backend,
         "metric": study.metric,
         "direction": study.direction,
         "space": {k: distribution_to_json(d) for k, d in study.space.distributions().items()},
         "config": {k: v for k, v in cfg.items() if k not in searched and k not in LOCAL_FIELDS},
-        "seeds": trial_seeds(study, opts),
+        "seeds": study.trial_seeds(n_seeds=opts.n_seeds, base=base),
     }
 
 

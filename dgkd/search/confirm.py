@@ -84,16 +84,17 @@ def plan_confirm(
     records: Sequence[TrialRecord],
     *,
     top: int,
-    seeds: int,
+    n_seeds: int,
     search_seeds: Sequence[int],
     teachers: int | None = None,
     round: int | None = None,
 ) -> ConfirmPlan | None:
     """The top ``top`` COMPLETE configs by the study's metric, and the study's baseline (its
-    first enqueued point), or None when no trial completed or ``top`` or ``seeds`` is 0.
-    ``teachers`` and ``round`` default to the study's ``[confirm]`` values."""
+    first enqueued point), to retrain on ``n_seeds`` fresh seeds; None when no trial completed
+    or ``top`` or ``n_seeds`` is 0. ``teachers`` and ``round`` default to the study's
+    ``[confirm]`` values."""
     done = completed(records)
-    if not done or top < 1 or seeds < 1:
+    if not done or top < 1 or n_seeds < 1:
         return None
     maximize = study.direction == "maximize"
     ranked = sorted(done, key=lambda r: -(r.value or 0.0) if maximize else (r.value or 0.0))
@@ -121,7 +122,7 @@ def plan_confirm(
         baseline=BASELINE if base_params is not None else None,
         winner=winner_name,
         winner_search_value=float(winner.value or math.nan),
-        seeds=confirm_seeds(search_seeds, seeds),
+        seeds=confirm_seeds(search_seeds, n_seeds),
         teachers=study.confirm_teachers if teachers is None else teachers,
         round=study.confirm_round if round is None else round,
     )

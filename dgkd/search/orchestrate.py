@@ -9,13 +9,14 @@ outputs. :func:`best_params` reads a finished (or running) search back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dgkd.io import move_aside
-from dgkd.search.common import Log, print_line
+from dgkd.search.common import Log, base_config, print_line
 from dgkd.search.confirm import VERDICT_FILE
 from dgkd.search.export import BEST_FILE, best_record, write_search_outputs
 from dgkd.search.records import (
@@ -53,16 +54,17 @@ def make_options(
     quiet: bool = False,
     overrides: dict[str, Any] | None = None,
     mlflow: str | None = None,
-    seeds: int | None = None,
+    n_seeds: int | None = None,
     batch: int | None = None,
     confirm_top: int | None = None,
-    confirm_seeds: int | None = None,
+    n_confirm_seeds: int | None = None,
     confirm_teachers: int | None = None,
 ) -> SearchOptions:
     """Validated :class:`SearchOptions` for ``study`` (``out_dir`` = ``<out>/<study name>``).
 
-    The one place the command's options are checked; None takes the default of
-    :class:`SearchOptions` (``trials``, ``seeds`` and the confirm stage's: the study's).
+    The one place the command's options are checked, and where the base config the overrides
+    make is resolved (``base``), once for the whole search; None takes the default of
+    :class:`SearchOptions` (``trials``, ``n_seeds`` and the confirm stage's: the study's).
 
     Raises:
         SearchInputError: a bad count, backend or flag combination.
@@ -86,7 +88,7 @@ def make_options(
         raise SearchInputError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
     if gpus_per_trial is not None and not gpus_per_trial >= 0:
         raise SearchInputError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
-    seeds = study.seeds if seeds is None else seeds
+    n_seeds = study.n_seeds if n_seeds is None else n_seeds
     if batch is not None and batch > 1 and not runner.batches:
         raise SearchInputError(
             f"--batch applies to --backend optuna only; --backend {backend} runs each trial's "
@@ -94,13 +96,13 @@ def make_options(
         )
     batch = (study.batch if runner.batches else 1) if batch is None else batch
     confirm_top = study.confirm_top if confirm_top is None else confirm_top
-    confirm_seeds = study.confirm_seeds if confirm_seeds is None else confirm_seeds
+    n_confirm_seeds = study.n_confirm_seeds if n_confirm_seeds is None else n_confirm_seeds
     confirm_teachers = study.confirm_teachers if confirm_teachers is None else confirm_teachers
     for flag, value, low in (
-        ("--seeds", seeds, 1),
+        ("--seeds", n_seeds, 1),
         ("--batch", batch, 1),
         ("--confirm-top", confirm_top, 0),
-        ("--confirm-seeds", confirm_seeds, 2 if confirm_top else 0),
+        ("--confirm-seeds", n_confirm_seeds, 2 if confirm_top else 0),
         ("--confirm-teachers", confirm_teachers, 1),
     ):
         if value < low:
@@ -131,11 +133,12 @@ def make_options(
         quiet=quiet,
         overrides=overrides,
         mlflow=mlflow,
-        seeds=seeds,
+        n_seeds=n_seeds,
         batch=batch,
         confirm_top=confirm_top,
-        confirm_seeds=confirm_seeds,
+        n_confirm_seeds=n_confirm_seeds,
         confirm_teachers=confirm_teachers,
+        base=base,
     )
 
 
@@ -172,6 +175,8 @@ def run_search(study: Study, opts: SearchOptions, *, log: Log | None = None) -> 
     # options half-registered, and the outputs written on that interruption need pandas.
     import pandas  # noqa: F401
 
+    if opts.base is None:  # options built without make_options: resolve the base once here
+        opts = dataclasses.replace(opts, base=base_config(study, opts))
     backend = get_backend(opts.backend)
     backend.preflight(study, opts)  # before anything is moved or written
     if opts.fresh:
@@ -197,7 +202,7 @@ def _confirm(
         study,
         records,
         top=opts.confirm_top or 0,
-        seeds=opts.confirm_seeds or 0,
+        n_seeds=opts.n_confirm_seeds or 0,
         search_seeds=trial_seeds(study, opts),
         teachers=opts.confirm_teachers,
     )

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dgkd.config import TrainConfig
 from dgkd.runtime import available_cores
 
 __all__ = [
@@ -71,11 +72,15 @@ class SearchOptions:
     quiet: bool = False  # plain log lines instead of a live display
     overrides: dict[str, Any] = field(default_factory=dict)  # --set changes to the base config
     mlflow: str | None = None  # MLflow tracking URI: log every trial there (needs the extra)
-    seeds: int | None = None  # seeds per trial; None = the study's
+    n_seeds: int | None = None  # seeds per trial; None = the study's
     batch: int | None = None  # trials trained as one population (Optuna); None = the study's
     confirm_top: int | None = None  # configs the confirm stage retrains; None = the study's
-    confirm_seeds: int | None = None  # fresh seeds per config there; None = the study's
+    n_confirm_seeds: int | None = None  # fresh seeds per config there; None = the study's
     confirm_teachers: int | None = None  # teacher seeds those run under; None = the study's
+    # The base config ``overrides`` make with the study, resolved once by make_options so a
+    # search does not revalidate them at every turn; None = resolve where needed
+    # (dgkd.search.common.base_config). Not shown: it repeats the study and the overrides.
+    base: TrainConfig | None = field(default=None, repr=False)
 
 
 def option_default(name: str) -> Any:

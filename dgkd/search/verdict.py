@@ -49,7 +49,7 @@ class Round:
     """One look of a sequential confirm stage: the objective's comparisons after it."""
 
     look: int  # 1, 2, ...
-    seeds: int  # fresh seeds per teacher so far
+    n_seeds: int  # fresh seeds per teacher so far
     level: float  # the nominal level "better"/"worse" needed at this look
     comparisons: tuple[Comparison, ...]  # on the objective, one per top config
 
@@ -122,7 +122,7 @@ class Verdict:
         out["rounds"] = [
             {
                 "look": r.look,
-                "seeds": r.seeds,
+                "seeds": r.n_seeds,
                 "level": r.level,
                 "decided": r.decided,
                 "comparisons": [
@@ -322,7 +322,7 @@ def _rounds_markdown(v: Verdict, labels: Mapping[str, str]) -> list[str]:
         for c in r.comparisons:
             name = f"{c.config} ({labels[c.config]})" if c.config in labels else c.config
             lines.append(
-                f"| {r.look} | {r.seeds} | {r.level:.3g} | {name} | {c.delta:+.4f} "
+                f"| {r.look} | {r.n_seeds} | {r.level:.3g} | {name} | {c.delta:+.4f} "
                 f"({c.ci_low:+.4f}, {c.ci_high:+.4f}) | {c.p_holm:.3g} | {c.verdict} |"
             )
     return lines

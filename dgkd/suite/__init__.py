@@ -7,7 +7,7 @@ forest plot). Typical use::
 
     from dgkd import AblationOptions, run_suite
 
-    result = run_suite("mnist1d_pairs", AblationOptions(variants=("no_grad_term",), seeds=10))
+    result = run_suite("mnist1d_pairs", AblationOptions(variants=("no_grad_term",), n_seeds=10))
     print(result.directory / "suite.md")
 
 Modules: ``spec`` (the TOML files; torch-free), ``stats`` (setup rows and the three-level

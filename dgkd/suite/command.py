@@ -44,7 +44,7 @@ def suite_command(
     print(
         f"suite {plan.suite.name}: {len(plan.setups)} setups x "
         f"{len(plan.setups[0][2].variants)} variants x {len(plan.setups[0][2].teacher_seeds)} "
-        f"teacher(s) x {opts.seeds} seeds: {plan.pending} runs to train, "
+        f"teacher(s) x {opts.n_seeds} seeds: {plan.pending} runs to train, "
         f"{plan.total - plan.pending} finished in {plan.directory}",
         file=sys.stderr,
     )

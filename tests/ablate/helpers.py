@@ -27,7 +27,7 @@ EXPECTED = {
 
 def opts(tmp_path: Path, **kw: Any) -> AblationOptions:
     kw.setdefault("variants", ("no_grad_term", "minimize_mse"))
-    kw.setdefault("seeds", 2)
+    kw.setdefault("n_seeds", 2)
     kw.setdefault("workers", 1)  # in this process, where the tests patch what a cell runs
     kw.setdefault("teachers", 1)
     return AblationOptions(out_dir=tmp_path, **kw)

@@ -26,10 +26,10 @@ def test_worker_processes_give_the_same_metrics(tmp_path):
 def test_ray_tasks_give_the_same_metrics(tmp_path):
     pytest.importorskip("ray")
     base = resolve_base(overrides=TINY)
-    seq = run_ablation(base, opts(tmp_path, variants=("kd",), seeds=1, name="seq"))
+    seq = run_ablation(base, opts(tmp_path, variants=("kd",), n_seeds=1, name="seq"))
     # "local" starts a private cluster instead of joining one that happens to run here
     ray_opts = opts(
-        tmp_path, variants=("kd",), seeds=1, name="ray", backend="ray", address="local", workers=2
+        tmp_path, variants=("kd",), n_seeds=1, name="ray", backend="ray", address="local", workers=2
     )
     par = run_ablation(base, ray_opts)  # two populations of one cell, as two tasks
     assert par.ran == 2

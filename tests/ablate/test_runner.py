@@ -99,10 +99,10 @@ def test_interrupted_ablation_resumes_without_rerunning_finished_cells(tmp_path,
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     assert len(list(cells.glob("*.json"))) == 6
     calls.clear()
-    again = run_ablation(base, opts(tmp_path, seeds=3))  # one more seed: only its cells run
+    again = run_ablation(base, opts(tmp_path, n_seeds=3))  # one more seed: only its cells run
     assert [len(c) for c in calls] == [3] and again.ran == 3 and again.reused == 6
     # a cell reproduces its numbers whichever population it landed in
-    alone = run_ablation(base, opts(tmp_path, seeds=3, population=1, name="alone"))
+    alone = run_ablation(base, opts(tmp_path, n_seeds=3, population=1, name="alone"))
     same_cells(again.cells, alone.cells)
     for a, b in zip(again.cells, alone.cells, strict=True):
         assert a.metrics.keys() == b.metrics.keys() and a.history == b.history
@@ -110,13 +110,13 @@ def test_interrupted_ablation_resumes_without_rerunning_finished_cells(tmp_path,
 
 
 def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
-    run_ablation(resolve_base(overrides=TINY), opts(tmp_path, variants=("kd",), seeds=1))
+    run_ablation(resolve_base(overrides=TINY), opts(tmp_path, variants=("kd",), n_seeds=1))
     other = resolve_base(overrides={**TINY, "lr": 0.03})
     with pytest.raises(BaseConfigChangedError, match=r"different base config.*--fresh.*--name"):
-        run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
-    named = run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1, name="lr03"))
+        run_ablation(other, opts(tmp_path, variants=("kd",), n_seeds=1))
+    named = run_ablation(other, opts(tmp_path, variants=("kd",), n_seeds=1, name="lr03"))
     assert named.directory.name == "lr03" and named.ran == 2
-    fresh = run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1, fresh=True))
+    fresh = run_ablation(other, opts(tmp_path, variants=("kd",), n_seeds=1, fresh=True))
     assert fresh.ran == 2 and fresh.moved_to is not None
     assert (fresh.moved_to / "cells" / "kd-teacher0-seed0.json").exists()  # old results kept aside
     manifest = fresh.directory / "config.json"
@@ -125,17 +125,17 @@ def test_changed_base_is_refused_and_fresh_starts_over(tmp_path):
     info["versions"]["dgkd"] = "0.0.1"  # cells of another release are not mixed in either
     manifest.write_text(json.dumps(info))
     with pytest.raises(BaseConfigChangedError, match=r"computed with dgkd 0\.0\.1.*--fresh"):
-        run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
+        run_ablation(other, opts(tmp_path, variants=("kd",), n_seeds=1))
     info["versions"]["dgkd"] = None
     info["versions"]["torch"] = "1.0.0"  # nor cells whose teachers another torch trained
     manifest.write_text(json.dumps(info))
     with pytest.raises(BaseConfigChangedError, match=r"computed with torch 1\.0\.0.*--fresh"):
-        run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
+        run_ablation(other, opts(tmp_path, variants=("kd",), n_seeds=1))
     info["versions"]["torch"] = None
     del info["teacher_seeds"]  # a directory from before teachers were a factor
     manifest.write_text(json.dumps(info))
     with pytest.raises(BaseConfigChangedError, match=r"before teachers were a factor.*--fresh"):
-        run_ablation(other, opts(tmp_path, variants=("kd",), seeds=1))
+        run_ablation(other, opts(tmp_path, variants=("kd",), n_seeds=1))
 
 
 def test_diverged_cell_is_counted_and_shown(tmp_path, monkeypatch):
@@ -176,7 +176,7 @@ def test_diverged_cell_is_counted_and_shown(tmp_path, monkeypatch):
 def test_bad_options(tmp_path):
     base = resolve_base(overrides=TINY)
     with pytest.raises(AblateError, match="--seeds must be >= 1"):
-        run_ablation(base, opts(tmp_path, seeds=0))
+        run_ablation(base, opts(tmp_path, n_seeds=0))
     with pytest.raises(AblateError, match="--address is for --backend ray"):
         run_ablation(base, opts(tmp_path, address="auto"))
     assert not (tmp_path / "ablate" / "default").exists()

@@ -4,18 +4,28 @@ registry and the one place options are validated."""
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
+from dgkd.config import TrainConfig
 from dgkd.search import SearchInputError, SearchOptions, TrialRecord, TrialState, make_options
-from dgkd.search.common import check_signature, grid_size, signature, trial_total
+from dgkd.search.common import (
+    base_config,
+    check_signature,
+    grid_size,
+    signature,
+    trial_seeds,
+    trial_total,
+)
 from dgkd.search.export import write_search_outputs
 from dgkd.search.records import option_default
 from dgkd.search.registry import backend_names, get_backend
-from dgkd.study import load_study
+from dgkd.study import Study, load_study
 
 
 def test_trial_state_is_written_as_its_name(tmp_path: Path) -> None:
@@ -77,3 +87,32 @@ def test_registry_and_options_defaults(tmp_path: Path, usable_cores: Callable[[i
         make_options(study, cpus_per_trial=2)
     with pytest.raises(SearchInputError, match="--gpus-per-trial must be >= 0"):
         make_options(study, backend="ray", gpus_per_trial=-1)
+
+
+def test_make_options_resolves_the_base_config_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --set overrides are checked once per search, in make_options; what needs the base
+    config after that reads it from the options, which still pickle (spawned workers get them)."""
+    from dgkd.search.optuna.backend import trial_threads
+
+    calls: list[dict[str, Any]] = []
+    check = Study.check_overrides
+
+    def counted(self: Study, overrides: dict[str, Any]) -> TrainConfig:
+        calls.append(dict(overrides))
+        return check(self, overrides)
+
+    monkeypatch.setattr(Study, "check_overrides", counted)
+    study = load_study("smoke")
+    set_ = {"epochs": 3, "seed": 7, "threads": 2}
+    opts = make_options(study, out=tmp_path, overrides=set_, n_seeds=2, workers=1)
+    assert calls == [set_] and opts.base == check(study, set_)
+    assert trial_seeds(study, opts) == [7, 8] == signature(study, opts)["seeds"]
+    assert trial_threads(study, opts) == 2 and base_config(study, opts) is opts.base
+    assert len(calls) == 1
+    again = pickle.loads(pickle.dumps(opts))
+    assert again == opts and again.base == opts.base
+    # Options built directly (no make_options) resolve it where it is needed.
+    assert base_config(study, SearchOptions(1, tmp_path, overrides=set_)) == opts.base
+    assert len(calls) == 2

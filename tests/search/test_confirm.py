@@ -78,7 +78,7 @@ def test_confirm_seeds_are_disjoint_from_the_search_seeds() -> None:
 
 def test_plan_takes_the_top_configs_and_the_enqueued_baseline() -> None:
     study = load_study("smoke")  # enqueue = [{epsilon = 0.0}], maximize val_acc
-    plan = plan_confirm(study, records(), top=2, seeds=4, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=2, n_seeds=4, search_seeds=[0])
     assert plan is not None
     assert plan.configs == {
         "baseline": {"epsilon": 0.0},
@@ -88,13 +88,13 @@ def test_plan_takes_the_top_configs_and_the_enqueued_baseline() -> None:
     assert plan.trials["baseline"] == 0
     assert plan.winner == "trial 1" and plan.winner_search_value == pytest.approx(0.66)
     assert plan.seeds == (10_000, 10_001, 10_002, 10_003)
-    assert plan_confirm(study, records(), top=0, seeds=4, search_seeds=[0]) is None
-    assert plan_confirm(study, [], top=3, seeds=4, search_seeds=[0]) is None
+    assert plan_confirm(study, records(), top=0, n_seeds=4, search_seeds=[0]) is None
+    assert plan_confirm(study, [], top=3, n_seeds=4, search_seeds=[0]) is None
 
 
 def test_run_confirm_writes_rows_and_a_verdict(tmp_path: Path) -> None:
     study = load_study("smoke")
-    plan = plan_confirm(study, records(), top=2, seeds=4, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=2, n_seeds=4, search_seeds=[0])
     assert plan is not None
     trainer = FakeTrainer()
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
@@ -116,7 +116,7 @@ def test_run_confirm_writes_rows_and_a_verdict(tmp_path: Path) -> None:
 
 def test_a_killed_confirm_stage_resumes_where_it_stopped(tmp_path: Path) -> None:
     study = load_study("smoke")
-    plan = plan_confirm(study, records(), top=2, seeds=4, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=2, n_seeds=4, search_seeds=[0])
     assert plan is not None
     plan = dataclasses.replace(plan, round=2)  # two rounds of 2 seeds
 
@@ -180,7 +180,7 @@ def test_when_the_baseline_wins_the_headline_compares_the_runner_up_with_it() ->
 
 def test_without_a_baseline_the_verdict_only_reports_the_winner(tmp_path: Path) -> None:
     study = load_study("smoke").replace(enqueue=())
-    plan = plan_confirm(study, records(), top=1, seeds=2, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=1, n_seeds=2, search_seeds=[0])
     assert plan is not None and plan.baseline is None
     v = run_confirm(study, plan, tmp_path, trainer=FakeTrainer(), log=lambda _: None)
     assert v.comparisons == () and "no baseline" in v.headline
@@ -214,7 +214,7 @@ def test_confirm_runs_every_seed_under_each_teacher_and_judges_across_them(
 ) -> None:
     study = load_study("eps_sweep")
     assert study.confirm_teachers == 3
-    plan = plan_confirm(study, records(), top=1, seeds=3, search_seeds=[0, 1, 2, 3])
+    plan = plan_confirm(study, records(), top=1, n_seeds=3, search_seeds=[0, 1, 2, 3])
     assert plan is not None and plan.teachers == 3
     trainer = TeacherTrainer()
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
@@ -282,7 +282,7 @@ def _rounds_study(tmp_path: Path, round_: int):
 
 def test_a_clear_difference_stops_after_the_first_round(tmp_path: Path) -> None:
     study = _rounds_study(tmp_path, 5)
-    plan = plan_confirm(study, records(), top=1, seeds=10, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=1, n_seeds=10, search_seeds=[0])
     assert plan is not None and plan.looks == (5, 10)
     trainer = GainTrainer({2.0: 0.05}, {})
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
@@ -297,12 +297,12 @@ def test_a_clear_difference_stops_after_the_first_round(tmp_path: Path) -> None:
 
 def test_an_undecided_first_round_adds_seeds_and_judges_at_the_next_level(tmp_path: Path) -> None:
     study = _rounds_study(tmp_path, 5)
-    plan = plan_confirm(study, records(), top=1, seeds=10, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=1, n_seeds=10, search_seeds=[0])
     assert plan is not None
     trainer = GainTrainer({2.0: 0.004}, {2.0: 0.01})  # small and noisy: not decided after 5
     v = run_confirm(study, plan, tmp_path, trainer=trainer, log=lambda _: None)
     assert trainer.calls == [list(plan.seeds[:5]) * 2, list(plan.seeds[5:]) * 2]
-    assert [r.seeds for r in v.rounds] == [5, 10] and not v.rounds[0].decided
+    assert [r.n_seeds for r in v.rounds] == [5, 10] and not v.rounds[0].decided
     from dgkd.sequential import obrien_fleming_levels
 
     assert [r.level for r in v.rounds] == list(obrien_fleming_levels(2)) and v.alpha == v.rounds[
@@ -354,7 +354,7 @@ def test_false_better_on_identical_configs_stays_at_or_below_five_percent(
 
     reps, false_better, stopped_early = 300, 0, 0
     for rep in range(reps):
-        plan = plan_confirm(study, records2, top=2, seeds=10, search_seeds=[0], teachers=3)
+        plan = plan_confirm(study, records2, top=2, n_seeds=10, search_seeds=[0], teachers=3)
         assert plan is not None
         v = run_confirm(study, plan, tmp_path / str(rep), trainer=Null(rep), log=lambda _: None)
         words = [c.verdict for c in v.comparisons if c.metric == "val_acc"]
@@ -368,7 +368,7 @@ def test_rows_of_an_older_confirm_csv_without_a_teacher_are_retrained_and_said(
     tmp_path: Path,
 ) -> None:
     study = load_study("smoke")
-    plan = plan_confirm(study, records(), top=1, seeds=2, search_seeds=[0])
+    plan = plan_confirm(study, records(), top=1, n_seeds=2, search_seeds=[0])
     assert plan is not None
     old = 'config,trial,params,seed,error,val_acc\nbaseline,0,"{""epsilon"": 0.0}",10000,,0.5\n'
     (tmp_path / CONFIRM_FILE).write_text(old)

@@ -58,7 +58,7 @@ def test_the_winner_is_the_validation_winner_when_the_test_ranking_disagrees(
     tmp_path: Path,
 ) -> None:
     study = load_study("smoke")  # maximize val_acc, baseline epsilon 0
-    plan = plan_confirm(study, disagreeing_records(), top=1, seeds=4, search_seeds=[0])
+    plan = plan_confirm(study, disagreeing_records(), top=1, n_seeds=4, search_seeds=[0])
     assert plan is not None
     assert plan.configs == {"baseline": {"epsilon": 0.0}, "trial 2": {"epsilon": 1.0}}
     assert plan.winner == "trial 2" and plan.winner_search_value == 0.66
@@ -72,7 +72,7 @@ def test_the_winner_is_the_validation_winner_when_the_test_ranking_disagrees(
     assert "trial 2 (epsilon=1)" in text and "epsilon=3" not in text
     # minimized, the order turns: the lowest value wins
     low = plan_confirm(study.replace(direction="minimize"), disagreeing_records(), top=1,
-                       seeds=2, search_seeds=[0])  # fmt: skip
+                       n_seeds=2, search_seeds=[0])  # fmt: skip
     assert (
         low is not None
         and low.winner == "baseline"
@@ -89,11 +89,11 @@ def test_a_resume_after_the_baseline_point_changed_retrains_the_baseline_only(
 ) -> None:
     study = load_study("smoke")
     records = disagreeing_records()
-    plan = plan_confirm(study, records, top=1, seeds=3, search_seeds=[0])
+    plan = plan_confirm(study, records, top=1, n_seeds=3, search_seeds=[0])
     assert plan is not None
     run_confirm(study, plan, tmp_path, trainer=Trainer(), log=lambda _: None)
     moved = study.replace(enqueue=({"epsilon": 3.0},))  # the baseline is now epsilon 3
-    replanned = plan_confirm(moved, records, top=1, seeds=3, search_seeds=[0])
+    replanned = plan_confirm(moved, records, top=1, n_seeds=3, search_seeds=[0])
     assert replanned is not None and replanned.configs["baseline"] == {"epsilon": 3.0}
     lines: list[str] = []
     again = Trainer()
@@ -123,9 +123,9 @@ def test_the_search_seeds_reach_the_confirm_stage(
     from dgkd.search import confirm
 
     study = load_study("smoke")
-    opts = orchestrate.make_options(study, out=tmp_path, trials=3, workers=1, seeds=3,
+    opts = orchestrate.make_options(study, out=tmp_path, trials=3, workers=1, n_seeds=3,
                                     overrides={"seed": 20_000}, confirm_top=1,
-                                    confirm_seeds=2)  # fmt: skip
+                                    n_confirm_seeds=2)  # fmt: skip
     seen: dict[str, Any] = {}
 
     def capture(study: Any, plan: confirm.ConfirmPlan, out_dir: Path, **kw: Any) -> Any:

@@ -134,6 +134,6 @@ def test_seed_and_confirm_settings_are_validated(tmp_path: Path, text: str, mess
 
 def test_packaged_studies_train_at_least_four_seeds_per_trial() -> None:
     for name in available_studies():
-        assert load_study(name).seeds >= 4, name
+        assert load_study(name).n_seeds >= 4, name
     eps = load_study("eps_sweep")
-    assert eps.confirm_top >= 1 and eps.confirm_seeds >= 10
+    assert eps.confirm_top >= 1 and eps.n_confirm_seeds >= 10

@@ -139,7 +139,7 @@ def test_python_api_runs_a_suite(tmp_path):
     from dgkd import AblationOptions, load_suite, run_suite
 
     suite = load_suite(_suite(tmp_path))
-    opts = AblationOptions(variants=("no_grad_term",), seeds=2, teachers=1, workers=1,
+    opts = AblationOptions(variants=("no_grad_term",), n_seeds=2, teachers=1, workers=1,
                            out_dir=tmp_path / "runs")  # fmt: skip
     result = run_suite(suite, opts, overrides={"epochs": 1})
     assert [s.name for s, _ in result.ablations] == [s.name for s in suite.setups]

@@ -17,8 +17,8 @@ ACC = METRICS["test_acc"]
 ECE = METRICS["test_ece"]
 
 
-def _noise(rng: np.random.Generator, teachers: int = 3, seeds: int = 10) -> np.ndarray:
-    return 0.90 + rng.normal(0, 0.01, size=(teachers, seeds))
+def _noise(rng: np.random.Generator, n_teachers: int = 3, n_seeds: int = 10) -> np.ndarray:
+    return 0.90 + rng.normal(0, 0.01, size=(n_teachers, n_seeds))
 
 
 def test_one_setup_helps_three_do_not():

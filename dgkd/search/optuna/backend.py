@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from dgkd.runtime import set_threads, threads_per_worker
 from dgkd.search.base import SearchBackend
-from dgkd.search.common import Log, grid_size, print_line, stop_interrupted, trial_total
+from dgkd.search.common import (
+    Log,
+    base_config,
+    grid_size,
+    print_line,
+    stop_interrupted,
+    trial_total,
+)
 from dgkd.search.optuna.processes import run_processes
 from dgkd.search.optuna.records import occupied, to_records
 from dgkd.search.optuna.recovery import recover
@@ -69,7 +76,7 @@ class OptunaBackend(SearchBackend):
 def trial_threads(study: Study, opts: SearchOptions) -> int:
     """The torch threads each trial trains on: its config's ``threads``, or with 0 the share of
     the cores its worker process sets (what the banner states, so it must be this)."""
-    return study.check_overrides(opts.overrides).threads or threads_per_worker(opts.workers)
+    return base_config(study, opts).threads or threads_per_worker(opts.workers)
 
 
 def _processes(opts: SearchOptions, total: int, trials: Sequence[FrozenTrial]) -> int:

@@ -23,7 +23,7 @@ from optuna.storages import BaseStorage
 
 from dgkd.io import json_metrics
 from dgkd.runtime import set_threads
-from dgkd.search.common import trial_seeds
+from dgkd.search.common import base_config, trial_seeds
 from dgkd.search.optuna.batch import Batch, BatchFailed
 from dgkd.search.optuna.records import (
     SEED_METRICS_ATTR,
@@ -87,7 +87,7 @@ class Worker:
         self.study, self.opts, self.total, self.on_change = study, opts, total, on_change
         probe = optuna.load_study(study_name=study.name, storage=storage)
         existing = len(probe.get_trials(deepcopy=False))
-        cfg = study.check_overrides(opts.overrides)
+        cfg = base_config(study, opts)
         self.ostudy = optuna.load_study(
             study_name=study.name,
             storage=storage,

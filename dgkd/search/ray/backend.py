@@ -28,6 +28,7 @@ from dgkd.runtime import set_threads
 from dgkd.search.base import SearchBackend
 from dgkd.search.common import (
     Log,
+    base_config,
     check_signature,
     print_line,
     signature,
@@ -265,7 +266,7 @@ def _search(
     from ray import tune
 
     total = trial_total(study, opts)
-    epochs = study.check_overrides(opts.overrides).epochs
+    epochs = base_config(study, opts).epochs
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -509,7 +509,7 @@ def test_ray_search_and_ablation_train_the_same_teacher_as_train(
                 ),
                 AblationOptions(
                     variants=("ce",),
-                    seeds=1,
+                    n_seeds=1,
                     teachers=1,
                     backend="ray",
                     address=cluster,
