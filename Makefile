@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,mlflow]'
 	touch $(STAMP)
 
-search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D and its verdict (about 11 min, 2 cores)
+search: $(STAMP)  ## the main job: the epsilon sweep on MNIST-1D and its verdict (about 8 min, 2 cores)
 	$(BIN)/dgkd-search --study eps_sweep --trials 200
 
 train: $(STAMP)  ## one default DGKD run

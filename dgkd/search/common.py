@@ -42,7 +42,8 @@ __all__ = [
 Log = Callable[[str], None]  # where one-line notices go
 
 # Config fields that do not change results: a resumed search may differ in them. eval_every
-# changes only which epochs a trial reports; the pruners compare trials at the epochs they check.
+# changes only which epochs a trial reports (its final metrics are the same), so trials stay
+# comparable across a change of it.
 LOCAL_FIELDS = ("data_root", "download", "device", "eval_batch_size", "eval_every", *NEUTRAL_FIELDS)
 _SIGNATURE_KEYS = ("backend", "direction", "metric", "space", "config", "seeds")
 
