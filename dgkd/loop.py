@@ -173,9 +173,9 @@ def fit_population(
     training inputs are not augmented, else from a teacher forward pass on each member's batch.
     ``report(i, epoch, row)`` is called after every epoch of member i, with ``val_acc`` on
     ``splits.epoch_val_split`` (a validation pool's prefix; NaN at the epochs ``eval_every``
-    skips); if it raises (e.g. to prune), or
-    member i's loss becomes non-finite, member i stops: its run keeps the exception and its
-    history, and it leaves the stacked tensors at the end of that epoch.
+    skips); if it raises (e.g. to prune), or member i's loss becomes non-finite, member i stops:
+    its run keeps the exception and its history, and it leaves the stacked tensors at the end of
+    that epoch.
 
     With ``checkpoint`` (and ``checkpoint_every`` > 0) the population saves its state there
     (:mod:`dgkd.checkpoint`), after resuming from a state saved by the same configs: the runs
