@@ -28,3 +28,21 @@ def image_splits(train: int) -> Splits:
                   train_x=images(train), train_y=labels(train), val_x=images(8),
                   val_y=labels(8), test_x=images(8), test_y=labels(8), mean=(0.5, 0.5, 0.5),
                   std=(0.25, 0.25, 0.25), augment=True)  # fmt: skip
+
+
+def assert_image_members_train_alone(cfgs: list, splits: Splits) -> None:
+    """``fit_population(cfgs)`` under one resnet8 teacher gives each member exactly its own
+    ``fit(cfg)``: the same history and the same weights, bit for bit."""
+    from dgkd.loop import fit, fit_population
+    from dgkd.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", num_classes=10, input_shape=(3, 32, 32)).eval()
+    kw = {"teacher": teacher, "teacher_train_logits": None, "device": torch.device("cpu")}
+    runs = fit_population(cfgs, splits, **kw)
+    for cfg, run in zip(cfgs, runs, strict=True):
+        model, history = fit(cfg, splits, **kw)
+        assert run.error is None and run.model is not None
+        assert run.history == history, cfg
+        for key, value in model.state_dict().items():
+            assert torch.equal(run.model.state_dict()[key], value), (cfg, key)

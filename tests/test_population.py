@@ -14,11 +14,11 @@ import sys
 
 import pytest
 import torch
-from fakes import image_splits
+from fakes import assert_image_members_train_alone, image_splits
 
 from dgkd.config import ConfigError, TrainConfig
-from dgkd.loop import DivergedError, check_population, fit, fit_population
-from dgkd.models import Population, build_model
+from dgkd.loop import DivergedError, check_population
+from dgkd.models import Population
 from dgkd.optim import PopulationOptimizer, build_optimizer
 from dgkd.train import max_population, population_groups, train, train_population
 
@@ -232,16 +232,7 @@ def test_image_populations_train_each_member_as_alone(student, native_convolutio
     base = TrainConfig(dataset="cifar10", teacher="resnet8", student=student, epochs=2,
                        batch_size=9, optimizer="sgd", lr=0.05, warmup=1, device="cpu")  # fmt: skip
     cfgs = [base.replace(seed=1), base.replace(seed=2, method="kd"), base.replace(seed=3)]
-    torch.manual_seed(0)
-    teacher = build_model("resnet8", num_classes=10, input_shape=(3, 32, 32)).eval()
-    kw = {"teacher": teacher, "teacher_train_logits": None, "device": torch.device("cpu")}
-    runs = fit_population(cfgs, splits, **kw)
-    for cfg, run in zip(cfgs, runs, strict=True):
-        model, history = fit(cfg, splits, **kw)
-        assert run.error is None and run.model is not None
-        assert run.history == history
-        for key, value in model.state_dict().items():
-            assert torch.equal(run.model.state_dict()[key], value), key
+    assert_image_members_train_alone(cfgs, splits)
 
 
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])

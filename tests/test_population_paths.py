@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fakes import TINY_POOLS, image_splits
+from fakes import TINY_POOLS, assert_image_members_train_alone, image_splits
 
 from dgkd.config import TrainConfig
-from dgkd.loop import fit, fit_population
-from dgkd.models import build_model
 from dgkd.train import train, train_population
 
 
@@ -82,13 +80,4 @@ def test_image_members_with_other_loss_settings_match_their_runs_alone() -> None
         base.replace(seed=3, epsilon=0.0),
         base.replace(seed=4, epsilon=2.0, alpha=0.5, beta=2.0, temperature=3.0),
     ]
-    torch.manual_seed(0)
-    teacher = build_model("resnet8", num_classes=10, input_shape=(3, 32, 32)).eval()
-    kw = {"teacher": teacher, "teacher_train_logits": None, "device": torch.device("cpu")}
-    runs = fit_population(cfgs, splits, **kw)
-    for cfg, run in zip(cfgs, runs, strict=True):
-        model, history = fit(cfg, splits, **kw)
-        assert run.error is None and run.model is not None
-        assert run.history == history, cfg
-        for key, value in model.state_dict().items():
-            assert torch.equal(run.model.state_dict()[key], value), (cfg, key)
+    assert_image_members_train_alone(cfgs, splits)
