@@ -15,7 +15,20 @@ from collections.abc import Callable, Sequence
 import torch
 from rich.console import Console
 
-from benchmarks import ablate, loss, memory, methods, profile, search, steps, trial
+from benchmarks import (
+    ablate,
+    cpu_paths,
+    loss,
+    mainjob,
+    memory,
+    methods,
+    population,
+    profile,
+    search,
+    split,
+    steps,
+    trial,
+)
 from benchmarks.report import Comparison, document, machine, markdown, rich_table
 from dgkd.io import atomic_write_text
 
@@ -27,10 +40,14 @@ COMPARISONS: dict[str, Callable[..., Comparison]] = {
     "steps": steps.run,
     "methods": methods.run,
     "trial": trial.run,
+    "split": split.run,
     "memory": memory.run,
     "profile": profile.run,
+    "population": population.run,
+    "cpu_paths": cpu_paths.run,
     "search": search.run,
     "ablate": ablate.run,
+    "mainjob": mainjob.run,
 }
 CUDA_COMPARISONS = ("loss", "steps")  # the others measure the CPU only
 
@@ -61,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         "--parallel-trials",
         type=int,
         default=200,
-        help="trials of the workers and Ray comparisons in 'search' (default 200)",
+        help="trials of the workers comparison in 'search' (default 200)",
     )
     return p
 

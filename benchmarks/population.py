@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.peak import machine_peak
+from benchmarks.report import Comparison, require_cpu
 from dgkd.config import TrainConfig
 from dgkd.loop import population_loss, resolve_device
 from dgkd.losses import TeacherStats, teacher_stats
@@ -44,7 +45,7 @@ from dgkd.runtime import set_threads
 from dgkd.teacher import load_teacher
 from dgkd.train import max_population, population_groups, splits_for, train, train_population
 
-__all__ = ["main"]
+__all__ = ["TITLE", "main", "run", "sections"]
 
 _MIB = 2**20
 
@@ -343,47 +344,81 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the populations section of the benchmarks as markdown."""
-    args = _parser().parse_args(argv)
+def sections(
+    *,
+    quick: bool,
+    ks: Sequence[int] = (1, 4, 8, 16, 32, 64),
+    capped: int = 32,
+    epochs: int | None = None,
+    repeats: int = 3,
+    run_repeats: int = 3,
+) -> list[tuple[str, str]]:
+    """The populations figures as ``(title, markdown)`` sections, on one thread."""
     set_threads(1)
     base = TrainConfig(threads=1)
-    if args.epochs is not None:
-        base = base.replace(epochs=args.epochs)
-    ks, n, rss_sizes, rss_epochs = args.ks, 50, (1, 64), 2
-    capped, cap = args.capped, None
-    if args.quick:
+    if epochs is not None:
+        base = base.replace(epochs=epochs)
+    n, rss_sizes, rss_epochs, cap = 50, (1, 64), 2, None
+    if quick:
         base = base.replace(epochs=1, teacher_epochs=1)
         ks, n, rss_sizes, rss_epochs = [1, 2], 2, (2,), 1
         capped, cap = 3, 2  # the cap forced low: checks the row, not the machine's rule
     limit = max_population(base, resolve_device(base.device)) if cap is None else cap
     if not limit or capped <= limit:
         capped = 0  # no cap, or K under it: the row would repeat "population of K"
-    sections = [
+    size = 2 if quick else 8
+    return [
         (
             "Seed-runs per hour",
             seed_runs(
                 base,
                 ks,
-                sequential=1 if args.quick else 8,
-                repeats=args.run_repeats,
+                sequential=1 if quick else 8,
+                repeats=run_repeats,
                 capped=capped,
                 cap=cap,
                 n=n,
             ),
         ),
-        (
-            "Per-member step cost",
-            step_costs(base, size=2 if args.quick else 8, repeats=args.repeats, n=n),
-        ),
-        (
-            "Two ways to stack",
-            stacking(base, size=2 if args.quick else 8, repeats=args.repeats, n=n),
-        ),
+        ("Per-member step cost", step_costs(base, size=size, repeats=repeats, n=n)),
+        ("Two ways to stack", stacking(base, size=size, repeats=repeats, n=n)),
         ("Peak memory", peak_rss(sizes=rss_sizes, epochs=rss_epochs)),
     ]
+
+
+TITLE = "Populations: many students at once, with GFLOP/s"
+
+
+def run(device: torch.device, *, quick: bool) -> Comparison:
+    """The populations section for ``python -m benchmarks``: populations of 1 to 32 default
+    students and 32 seeds under the CPU's cap, against 8 ``train()`` calls in a row.
+
+    Raises:
+        ValueError: ``device`` is not the CPU (the GPU's figures come from a separate script).
+    """
+    require_cpu(device, "population")
+    threads = torch.get_num_threads()
+    try:
+        parts = sections(quick=quick, ks=(1, 4, 8, 16, 32), capped=32)
+    finally:
+        torch.set_num_threads(threads)
+    body = "\n\n".join(f"#### {title}\n\n{text}" for title, text in parts)
+    return Comparison(TITLE, body=body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the populations section of the benchmarks as markdown."""
+    args = _parser().parse_args(argv)
+    parts = sections(
+        quick=args.quick,
+        ks=args.ks,
+        capped=args.capped,
+        epochs=args.epochs,
+        repeats=args.repeats,
+        run_repeats=args.run_repeats,
+    )
     print("## Populations: many students at once\n")
-    for title, body in sections:
+    for title, body in parts:
         print(f"### {title}\n\n{body}\n")
     return 0
 

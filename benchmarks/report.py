@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 if TYPE_CHECKING:
+    from rich.markdown import Markdown
     from rich.table import Table
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Comparison",
     "Ratio",
     "Row",
+    "child_env",
     "document",
     "interleaved",
     "machine",
@@ -82,6 +84,7 @@ class Comparison:
     ratios: list[Ratio] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     table: list[list[str]] = field(default_factory=list)  # free-form: a header row, then rows
+    body: str = ""  # markdown printed as is after the notes (several tables of one comparison)
 
     def ratio(self, label: str, value: float, target: str) -> None:
         """Append a ratio row."""
@@ -145,19 +148,24 @@ def interleaved(
     return times
 
 
-def run_module(module: str, *args: str) -> str:
-    """Run ``python -m <module> <args>`` in a fresh process; its stdout.
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``extra``, with the package's directory on
+    ``PYTHONPATH``, so that a child runs the benchmarks from any working directory."""
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(_ROOT), env.get("PYTHONPATH"))))
+    return env
 
-    The package's directory is put on the child's ``PYTHONPATH``, so that it runs from any
-    working directory.
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``python -m <module> <args>`` in a fresh process (``env``: variables to add to the
+    environment, see :func:`child_env`); its stdout.
 
     Raises:
         subprocess.CalledProcessError: the process exited non-zero.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(_ROOT), env.get("PYTHONPATH"))))
     cmd = [sys.executable, "-m", module, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=child_env(env))
+    return proc.stdout
 
 
 def machine(device: torch.device) -> str:
@@ -171,26 +179,37 @@ def machine(device: torch.device) -> str:
 
 
 def markdown(comp: Comparison) -> str:
-    """One comparison as a markdown section: rows, ratios, the free table, then the notes."""
-    md = [f"### {comp.title}", ""]
+    """One comparison as a markdown section: rows, ratios, the free table, the notes, then the
+    body, each block after one blank line."""
+    blocks: list[list[str]] = []
     if comp.rows:
-        md += ["| case | median (min-max) |", "|---|---|"]
-    md += [f"| {row.name} | {row.cell()} |" for row in comp.rows]
+        blocks.append(["| case | median (min-max) |", "|---|---|"])
+        blocks[-1] += [f"| {row.name} | {row.cell()} |" for row in comp.rows]
     if comp.ratios:
-        md += ["", "| ratio | value | target |", "|---|---|---|"]
-    md += [f"| {r.label} | {r.value:.2f}x | {r.target} |" for r in comp.ratios]
+        blocks.append(["| ratio | value | target |", "|---|---|---|"])
+        blocks[-1] += [f"| {r.label} | {r.value:.2f}x | {r.target} |" for r in comp.ratios]
     if comp.table:
         header, *body = comp.table
-        md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(cells) + " |" for cells in body]
-    md += [""] + [f"- {n}" for n in comp.notes] + [""]
-    return "\n".join(md)
+        blocks.append(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)])
+        blocks[-1] += ["| " + " | ".join(cells) + " |" for cells in body]
+    if comp.notes:
+        blocks.append([f"- {n}" for n in comp.notes])
+    if comp.body:
+        blocks.append([comp.body.strip()])
+    md = [f"### {comp.title}"]
+    for block in blocks:
+        md += ["", *block]
+    return "\n".join([*md, ""])
 
 
-def rich_table(comp: Comparison) -> Table:
-    """One comparison for the terminal: its rows, ratios and notes, or its free table."""
+def rich_table(comp: Comparison) -> Table | Markdown:
+    """One comparison for the terminal: its rows, ratios and notes, or its free table, or its
+    markdown when it has a body."""
+    from rich.markdown import Markdown
     from rich.table import Table
 
+    if comp.body:
+        return Markdown(markdown(comp))
     if comp.table and not comp.rows:
         header, *body = comp.table
         extra = Table(title=comp.title)

@@ -4,7 +4,8 @@ The comparison runs ``python -m benchmarks.search`` once per case: that child lo
 with :func:`dgkd.study.load_study`, changes only its pruner, trial count and (in quick mode) the
 epochs, and runs it through :func:`dgkd.search.run_search` as ``dgkd-search --quiet`` does, so
 each wall time includes a search process's start-up. The median pruner is timed against none
-(one worker), two workers against one, and the Ray backend, over the study's trials.
+(one worker) and two workers against one, over the study's trials, with no confirm stage; the
+whole main job on each backend is :mod:`benchmarks.mainjob`.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def _search(
 
 def run(device: torch.device, *, quick: bool, trials: int, parallel_trials: int) -> Comparison:
     """Whole searches in fresh processes: the study's median pruner against none (``trials``
-    each, one worker), 2 workers against 1 and the Ray backend (``parallel_trials`` each), and
-    the share of worker time spent outside ``train()``.
+    each, one worker), 2 workers against 1 (``parallel_trials`` each), and the share of worker
+    time spent outside ``train()``.
 
     Raises:
         ValueError: ``device`` is not the CPU.
@@ -92,7 +93,7 @@ def run(device: torch.device, *, quick: bool, trials: int, parallel_trials: int)
     require_cpu(device, "search")
     comp = Comparison(
         f"Search: {STUDY} (dgkd-search in a fresh process); pruning over {trials} trials, "
-        f"workers and Ray over {parallel_trials}"
+        f"workers over {parallel_trials}"
     )
     train(TrainConfig(**_QUICK_BASE) if quick else TrainConfig())  # teacher cached
     # label: (pruner, trials, arguments); with trials == parallel_trials, the two unpruned
@@ -103,8 +104,6 @@ def run(device: torch.device, *, quick: bool, trials: int, parallel_trials: int)
         f"{parallel_trials} trials, 1 worker, no pruning": ("none", parallel_trials, []),
         f"{parallel_trials} trials, 2 workers, no pruning": (
             "none", parallel_trials, ["--workers", "2"]),
-        f"{parallel_trials} trials, ray backend, 2 at a time, no pruning": (
-            "none", parallel_trials, ["--backend", "ray"]),
     }  # fmt: skip
     walls: dict[str, float] = {}
     frames: dict[str, pd.DataFrame] = {}
@@ -127,7 +126,7 @@ def run(device: torch.device, *, quick: bool, trials: int, parallel_trials: int)
         states = frame["state"].value_counts().to_dict()
         best = frame.loc[frame["state"] == "COMPLETE", "value"].max()
         in_trials = frame["duration_s"].fillna(0).sum()
-        slots = 2 if ("2 workers" in label or "ray" in label) else 1
+        slots = 2 if "2 workers" in label else 1
         outside = 1 - in_trials / (walls[label] * slots)
         comp.notes.append(
             f"{label}: best val_acc {best:.4f}; states {states}; "

@@ -8,7 +8,18 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks import ablate, memory, methods, profile, search, trial
+from benchmarks import (
+    ablate,
+    cpu_paths,
+    mainjob,
+    memory,
+    methods,
+    population,
+    profile,
+    search,
+    split,
+    trial,
+)
 from benchmarks.__main__ import COMPARISONS, main
 from benchmarks.report import Comparison, Row, markdown
 
@@ -26,6 +37,10 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
         "Profile",
         "Search",
         "Ablation",
+        split.TITLE,
+        population.TITLE,
+        cpu_paths.TITLE,
+        mainjob.TITLE,
     ):
         assert heading in text
     assert "speed-up at (64, 100)" in text and "DGKD/CE" in text
@@ -37,6 +52,16 @@ def test_quick_mode_writes_a_report(tmp_path: Path) -> None:
     assert "median pruner" in text and "2 workers / 1 worker" in text
     assert "dgkd-ablate / train() per cell" in text
     assert "identical test accuracy in 8 of 8 cells" in text
+    assert "| trial wall time, eval_every 1 / eval_every 5 |" in text
+    assert "| eval_every = 5 |" in text and "% of peak" in text
+    assert "| 3 seeds, capped (2 + 1) |" in text  # the cap forced to 2 in quick mode
+    for case in cpu_paths.CASES:
+        if "busy" not in case or len(cpu_paths._cores()) >= 2:
+            assert f"| {case} |" in text
+    assert "| AVX2 in ATen, MKL and oneDNN (an AVX2-only core) | AVX2 |" in text
+    # Ray's and Tune's messages go to ray.log, none to the terminal
+    assert "smoke, ray backend, run 1: " in text and "0 line(s) on stderr" in text
+    assert "| smoke wall time, Ray / Optuna (fastest of each) |" in text
 
 
 def test_bad_counts_are_one_line_errors(tmp_path: Path, capsys) -> None:
@@ -75,16 +100,22 @@ def test_every_comparison_is_a_module_taking_the_device() -> None:
         "steps",
         "methods",
         "trial",
+        "split",
         "memory",
         "profile",
+        "population",
+        "cpu_paths",
         "search",
         "ablate",
+        "mainjob",
     ]
     for name, run in COMPARISONS.items():
         assert run.__module__ == f"benchmarks.{name}"
 
 
-@pytest.mark.parametrize("module", [trial, methods, memory, profile, ablate])
+@pytest.mark.parametrize(
+    "module", [trial, split, methods, memory, profile, population, cpu_paths, ablate, mainjob]
+)
 def test_cpu_comparisons_refuse_another_device(module) -> None:
     with pytest.raises(ValueError, match="CPU only"):
         module.run(torch.device("cuda"), quick=True)
@@ -155,6 +186,22 @@ def test_markdown_keeps_the_report_format() -> None:
         "- n",
         "",
     ]
+
+
+def test_markdown_prints_a_body_after_the_notes() -> None:
+    comp = Comparison("T", notes=["n"], body="#### B\n\n| x |\n")
+    assert markdown(comp).split("\n") == ["### T", "", "- n", "", "#### B", "", "| x |", ""]
+
+
+def test_the_main_job_reads_states_and_confirm_rounds(tmp_path: Path) -> None:
+    (tmp_path / "trials.csv").write_text("number,state\n0,COMPLETE\n1,PRUNED\n2,PRUNED\n")
+    seeds = "\n".join(f"c{c},{s}" for c in range(2) for s in range(100, 110))
+    (tmp_path / "confirm.csv").write_text("config,seed\n" + seeds + "\n")
+    assert mainjob._outcome(tmp_path, 5) == (
+        "1 complete / 2 pruned, confirm stage 2 rounds (10 seeds)"
+    )
+    (tmp_path / "confirm.csv").unlink()
+    assert mainjob._outcome(tmp_path, 5) == "1 complete / 2 pruned"
 
 
 def _cpuinfo(flags: str, *, vendor: str = "GenuineIntel", family: str = "6", mhz=(2000.0,)) -> str:

@@ -210,3 +210,16 @@ def test_per_student_values_are_validated() -> None:
     stats = TeacherStats(teacher_stats(zt[0], y[0], temperature=4.0).table)
     with pytest.raises(ValueError, match="stats are for"):
         dgkd_loss(zs, None, y, stats=stats, **kw)
+
+
+def test_a_diverged_error_says_where_and_survives_pickling() -> None:
+    """Worker processes and Ray pass the error on pickled: epoch, step and value must arrive."""
+    import pickle
+
+    from dgkd.step import DivergedError
+
+    err = pickle.loads(pickle.dumps(DivergedError(3, 17, float("nan"))))
+    assert (err.epoch, err.step) == (3, 17) and err.value != err.value  # NaN
+    assert str(err) == (
+        "loss became nan at epoch 3, step 17; lower lr or epsilon, or use grad_term='normalized'"
+    )

@@ -251,3 +251,17 @@ def test_kd_ls_is_kd_on_z_scored_logits() -> None:
     assert math.isclose(moved.item(), loss.item(), rel_tol=1e-4)
     plain = [kd_loss(a, b, temperature=2.0).item() for a, b in ((zs, zt), (5 * zs + 2, zt))]
     assert not math.isclose(*plain, rel_tol=1e-2)
+
+
+def test_a_loss_that_is_not_one_number_is_an_error_naming_the_method(monkeypatch) -> None:
+    def per_example(student, teacher, labels, settings):  # forgot the mean
+        return F.cross_entropy(student, labels, reduction="none")
+
+    module = types.ModuleType("vector_loss")
+    module.M = Method("vec", per_example, (), needs_teacher=False)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vector_loss", module)
+    s = torch.randn(1, 16, 10)
+    y = torch.randint(0, 10, (1, 16))
+    with pytest.raises(ValueError, match=r"^method vector_loss:M: loss must return a 0-d tensor, "
+                       r"got \(16,\)$"):  # fmt: skip
+        population_loss([TrainConfig(method="vector_loss:M")], s, None, y, [1.0])

@@ -69,3 +69,26 @@ def test_an_interrupt_in_a_batch_propagates(tiny: TrainConfig) -> None:
     jobs = [TrialJob(tiny, lambda *a: None, seeds=(0,)), TrialJob(tiny, stop, seeds=(1,))]
     with pytest.raises(KeyboardInterrupt):
         train_trials(jobs, metric="val_acc")
+
+
+def test_an_mlflow_run_logs_each_epoch_before_the_search_sees_it() -> None:
+    from dgkd.search.trial import _logged
+
+    calls: list[tuple[Any, ...]] = []
+
+    class Run:
+        def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
+            calls.append(("log", epoch, row))
+
+    def on_epoch(epoch: int, row: dict[str, float], last: bool) -> None:
+        calls.append(("search", epoch, row, last))
+
+    hook = _logged(on_epoch, Run())
+    hook(4, {"val_acc": 0.5}, False)
+    hook(5, {"val_acc": 0.6}, True)
+    assert calls == [
+        ("log", 4, {"val_acc": 0.5}),
+        ("search", 4, {"val_acc": 0.5}, False),
+        ("log", 5, {"val_acc": 0.6}),
+        ("search", 5, {"val_acc": 0.6}, True),
+    ]
