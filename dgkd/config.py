@@ -275,7 +275,8 @@ def check_pool(name: str, size: int) -> None:
 
 
 def _type_name(kind: Any) -> str:
-    return "list of ints" if kind == tuple[int, ...] else getattr(kind, "__name__", str(kind))
+    """A field type in words: every field is an int, float, str, bool or tuple of ints."""
+    return "list of ints" if kind == tuple[int, ...] else kind.__name__
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

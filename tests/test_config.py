@@ -211,3 +211,16 @@ def test_parse_overrides_trims_and_normalizes() -> None:
     assert str(info.value) == (
         f"unknown config field 'epochz'; valid fields: {', '.join(field_names())}"
     )
+
+
+def test_every_field_type_has_a_name_for_its_errors() -> None:
+    """Type errors name the field's type; a new field of another kind (an Optional, say) must
+    get a name here too."""
+    import dataclasses
+    import typing
+
+    from dgkd.config import TrainConfig, _type_name
+
+    hints = typing.get_type_hints(TrainConfig)
+    names = {_type_name(hints[f.name]) for f in dataclasses.fields(TrainConfig)}
+    assert names == {"int", "float", "str", "bool", "list of ints"}

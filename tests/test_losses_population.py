@@ -223,3 +223,23 @@ def test_a_diverged_error_says_where_and_survives_pickling() -> None:
     assert str(err) == (
         "loss became nan at epoch 3, step 17; lower lr or epsilon, or use grad_term='normalized'"
     )
+
+
+def test_one_runs_loss_with_the_teachers_precomputed_side_is_the_same_loss() -> None:
+    """distill_loss takes the batch's teacher side (its rows of teacher_stats) as the trainer
+    passes it; the loss and its gradient are those computed from the teacher's logits."""
+    from dgkd.config import TrainConfig
+    from dgkd.losses import teacher_stats
+    from dgkd.step import distill_loss
+
+    cfg = TrainConfig(method="dgkd", epsilon=2.0, temperature=3.0, beta=2.0)
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(2, 64, 10, generator=g) * 2
+    y = torch.randint(0, 10, (64,), generator=g)
+    out = []
+    for stats in (None, teacher_stats(zt, y, temperature=3.0)):
+        z = zs.clone().requires_grad_()
+        loss, terms = distill_loss(cfg, z, zt, y, 0.5, stats=stats)
+        loss.backward()
+        out.append((loss.detach(), terms["tckd"], z.grad))
+    torch.testing.assert_close(out[1], out[0], rtol=1e-6, atol=1e-7)

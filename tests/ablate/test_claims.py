@@ -65,3 +65,68 @@ def test_an_inconclusive_claim_across_teachers_asks_for_what_would_decide_it():
     (sentence,) = [s for s in claim_sentences([claim])]
     assert "t-test on teacher means" in sentence and "12 pairs under 3 teachers" in sentence
     assert sentence.endswith("Run more teachers to decide.")
+
+
+def _row(n_pairs: int = 4, **per_metric: float) -> dict:
+    """A no_grad_term summary row (no_grad_term - full), the same numbers for every claim's
+    metric: a CI of (0.001, 0.003), raw p 0.01, Holm p 0.02, equivalence bounds of the CI."""
+    from dgkd.ablate.claims import CLAIMS
+
+    numbers = {"delta": 0.002, "delta_ci_low": 0.001, "delta_ci_high": 0.003, "p": 0.01,
+               "p_holm": 0.02, "equiv_low": 0.001, "equiv_high": 0.003, **per_metric}  # fmt: skip
+    row: dict = {"variant": "no_grad_term", "n_pairs": n_pairs}
+    for _, metric in CLAIMS:
+        row.update({f"{metric}_{key}": value for key, value in numbers.items()})
+    return row
+
+
+def test_a_claim_reads_the_summary_row_negated_with_its_defaults() -> None:
+    """DGKD - DKD is the row's negation, CI swapped; a row of an older summary without the
+    teacher columns reads as one teacher with no variance components."""
+    import math
+
+    claim = next(c for c in check_claims([_row()]) if c.metric == "test_acc")
+    assert claim.verdict == "worse"  # the CI (-0.003, -0.001) excludes 0, Holm p 0.02
+    assert (claim.delta, claim.ci_low, claim.ci_high) == (-0.002, -0.003, -0.001)
+    assert (claim.p, claim.p_holm, claim.n_pairs) == (0.01, 0.02, 4)
+    assert claim.n_teachers == 1 and math.isnan(claim.sd_teacher) and math.isnan(claim.sd_seed)
+    three = {**_row(), "n_teachers": 3, "test_acc_sd_teacher": 0.4, "test_acc_sd_seed": 0.1}
+    claim = next(c for c in check_claims([three]) if c.metric == "test_acc")
+    assert (claim.n_teachers, claim.sd_teacher, claim.sd_seed) == (3, 0.4, 0.1)
+
+
+def test_two_pairs_are_enough_to_check_a_claim_and_one_is_not() -> None:
+    # DGKD lower by 0.002 everywhere: worse where higher is better, better where lower is
+    assert {c.verdict for c in check_claims([_row(n_pairs=2)])} == {"worse", "better"}
+    (first, *_) = check_claims([_row(n_pairs=1)])
+    assert (first.verdict, first.n_pairs) == ("not checked", 1)
+    assert first.note == (
+        "1 seed pair(s) of full and no_grad_term finished with this metric; 2 or more are needed"
+    )
+    (absent, *_) = check_claims([{**_row(), "variant": "kd"}])
+    assert (absent.verdict, absent.n_pairs) == ("not checked", 0)
+
+
+def test_a_claim_without_a_finite_interval_is_not_checked_however_many_pairs() -> None:
+    (first, *_) = check_claims([_row(n_pairs=5, delta_ci_low=float("nan"))])
+    assert (first.verdict, first.n_pairs) == ("not checked", 5)
+    assert first.note.startswith("5 seed pair(s) of full and no_grad_term")
+
+
+def test_equivalence_uses_the_negated_equivalence_bounds_not_the_ci() -> None:
+    """Not significant (Holm p 0.5): the CI (-0.003, 0.002) lies inside test_acc's rope of
+    0.005, but the equivalence bounds, negated to (-0.006, 0.001), do not: inconclusive. With
+    bounds inside the rope it is equivalent though the CI is wide."""
+    wide = {"delta_ci_low": -0.002, "delta_ci_high": 0.003, "p_holm": 0.5}
+    claims = check_claims([_row(**wide, equiv_low=-0.001, equiv_high=0.006)])
+    acc = next(c for c in claims if c.metric == "test_acc")
+    assert acc.verdict == "inconclusive"
+    claims = check_claims([_row(delta_ci_low=-0.02, delta_ci_high=0.03, p_holm=0.5,
+                                equiv_low=-0.004, equiv_high=0.001)])  # fmt: skip
+    acc = next(c for c in claims if c.metric == "test_acc")
+    assert acc.verdict == "equivalent"
+    # asymmetric bounds: negated they are (-0.006, 0.001), outside the rope on the low side;
+    # unnegated (0.006, ...) or unswapped they would differ
+    claims = check_claims([_row(delta_ci_low=-0.02, delta_ci_high=0.03, p_holm=0.5,
+                                equiv_low=-0.001, equiv_high=0.006)])  # fmt: skip
+    assert next(c for c in claims if c.metric == "test_acc").verdict == "inconclusive"

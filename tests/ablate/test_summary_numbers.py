@@ -228,3 +228,40 @@ def test_claims_are_decided_on_the_holm_p_across_the_variants() -> None:
     sentence = next(s for s in claim_sentences(list(claims.values())) if "test accuracy" in s)
     assert f"paired t-test p = {_p(e['test_acc_p'])}, Holm {_p(e['test_acc_p_holm'])}" in sentence
     assert "5 seed pairs" in sentence and sentence.split(": ", 1)[1].startswith("inconclusive")
+
+
+def _three_teachers(gains: Sequence[float]) -> list[CellResult]:
+    cells = []
+    for t, gain in enumerate(gains):
+        for s in range(4):
+            acc = 0.7 + 0.0005 * s
+            cells.append(CellResult("full", s, "ok", "h", "t", metrics={"test_acc": acc},
+                                    teacher_seed=t))  # fmt: skip
+            cells.append(CellResult("no_grad_term", s, "ok", "h", "t",
+                                    metrics={"test_acc": acc + gain}, teacher_seed=t))  # fmt: skip
+    return cells
+
+
+def test_equivalence_across_teachers_needs_the_teacher_means_interval_not_the_ci() -> None:
+    """Under 3 teachers DKD - DGKD is +0.004, -0.004 and +0.003 on every seed: the pairs' CI
+    (-0.004, 0.004) lies inside test_acc's rope of 0.005, but the t-interval on the 3 teacher
+    means (mean 0.001, sd 0.00436, t(2) 4.30) is 0.001 ± 0.0108: not equivalent. The reference
+    row has no verdict."""
+    ref, dkd = summarize_cells(_three_teachers((0.004, -0.004, 0.003)), ("full", "no_grad_term"))
+    assert (dkd["test_acc_delta_ci_low"], dkd["test_acc_delta_ci_high"]) == pytest.approx(
+        (-0.004, 0.004)
+    )
+    half = sps.t.ppf(0.975, 2) * np.std([0.004, -0.004, 0.003], ddof=1) / math.sqrt(3)
+    assert (dkd["test_acc_equiv_low"], dkd["test_acc_equiv_high"]) == pytest.approx(
+        (0.001 - half, 0.001 + half)
+    )
+    assert dkd["test_acc_verdict"] == "inconclusive"
+    assert ref["variant"] == "full" and ref["test_acc_verdict"] == ""
+
+
+def test_a_missing_cell_leaves_its_seed_out_of_the_pairs() -> None:
+    """A cell that never ran (not even a diverged record) is no pair: 3 of 4 seeds pair."""
+    cells = [c for c in _three_teachers((0.01,))
+             if not (c.variant == "no_grad_term" and c.seed == 3)]  # fmt: skip
+    _, dkd = summarize_cells(cells, ("full", "no_grad_term"))
+    assert dkd["n_pairs"] == 3 and dkd["test_acc_delta"] == pytest.approx(0.01)
