@@ -265,3 +265,28 @@ def test_a_loss_that_is_not_one_number_is_an_error_naming_the_method(monkeypatch
     with pytest.raises(ValueError, match=r"^method vector_loss:M: loss must return a 0-d tensor, "
                        r"got \(16,\)$"):  # fmt: skip
         population_loss([TrainConfig(method="vector_loss:M")], s, None, y, [1.0])
+
+
+def test_a_method_without_a_loss_trains_each_member_on_its_own_weighted_ce(monkeypatch) -> None:
+    module = types.ModuleType("ce_plugin")
+    module.M = Method("ce_only", None, (), needs_teacher=False)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ce_plugin", module)
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 16, 10, generator=g)
+    y = torch.randint(0, 10, (3, 16), generator=g)
+    cfgs = [TrainConfig(method="ce_plugin:M", ce_weight=w) for w in (0.5, 1.0, 2.0)]
+    loss, terms = population_loss(cfgs, s, None, y, [1.0, 1.0, 1.0])
+    ce = torch.stack([F.cross_entropy(s[k], y[k]) for k in range(3)])
+    torch.testing.assert_close(loss, ce * torch.tensor([0.5, 1.0, 2.0]))
+    torch.testing.assert_close(terms["ce"], ce)
+    assert set(terms) == {"ce"}  # no distillation term to report
+
+
+def test_a_loss_that_is_not_a_tensor_is_an_error_naming_its_type(monkeypatch) -> None:
+    module = types.ModuleType("float_loss")
+    module.M = Method("flt", lambda s, t, y, st: 0.5, (), needs_teacher=False)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "float_loss", module)
+    with pytest.raises(ValueError, match=r"^method float_loss:M: loss must return a 0-d tensor, "
+                       r"got float$"):  # fmt: skip
+        population_loss([TrainConfig(method="float_loss:M")], torch.randn(1, 8, 10), None,
+                        torch.randint(0, 10, (1, 8)), [1.0])  # fmt: skip

@@ -175,3 +175,27 @@ def test_under_several_teachers_the_table_reads_teacher_means_and_their_t_test()
     assert a.n_pairs == 8
     assert "over 3 teachers x 3 fresh seeds" in v.headline
     assert f"Holm p {corrected[0]:.3g}" in v.headline
+
+
+def test_best_jsons_block_holds_the_rounds_seeds_and_teachers_as_strict_json() -> None:
+    """The verdict's JSON block: each look's seeds, level, decision and comparisons, the seeds
+    and teachers as lists, and every non-finite number as null (strict JSON)."""
+    import dataclasses
+    import json
+
+    from dgkd.search.verdict import Round
+
+    v = judge(_values(), baseline="baseline", winner="a", winner_search_value=float("nan"),
+              metric="val_acc", seeds=SEEDS, teachers=[3])  # fmt: skip
+    v = dataclasses.replace(v, rounds=(Round.of(v, 1, 0.005), Round.of(v, 2, 0.048)))
+    block = json.loads(json.dumps(v.to_dict(), allow_nan=False))
+    assert block["seeds"] == SEEDS and block["teachers"] == [3]
+    assert block["winner_search_value"] is None
+    assert block["winner_confirmed_value"] == pytest.approx((BASE + DIFFS["a"]).mean())
+    # a better, b and c inconclusive on val_acc: neither look is decided
+    looks = [(r["look"], r["seeds"], r["level"], r["decided"]) for r in block["rounds"]]
+    assert looks == [(1, 6, 0.005, False), (2, 6, 0.048, False)]
+    first = {c["config"]: c for c in block["rounds"][0]["comparisons"]}
+    assert set(first) == {"a", "b", "c"} and {c["metric"] for c in first.values()} == {"val_acc"}
+    assert first["a"]["delta"] == pytest.approx(DIFFS["a"].mean())
+    assert first["a"]["verdict"] == "better" and first["a"]["sd_teacher"] is None  # one teacher
