@@ -137,3 +137,33 @@ def test_packaged_studies_train_at_least_four_seeds_per_trial() -> None:
         assert load_study(name).n_seeds >= 4, name
     eps = load_study("eps_sweep")
     assert eps.confirm_top >= 1 and eps.n_confirm_seeds >= 10
+
+
+def test_seed_columns_pair_by_seed_and_read_records_without_seeds() -> None:
+    """A record written before trials kept their seeds counts its seeds 0, 1, ...; a seed
+    without the metric is left out of the spread and of the paired difference."""
+    from dgkd.search.records import TrialRecord
+    from dgkd.search.seeds import seed_columns
+
+    three = [{"val_acc": 0.5}, {"val_acc": 0.6}, {"val_acc": 0.7}]
+    base = TrialRecord(0, TrialState.COMPLETE, 0.6, {"epsilon": 0.0}, seed_metrics=three)
+    mine = TrialRecord(1, TrialState.COMPLETE, 0.75, {"epsilon": 2.0}, seeds=(0, 1, 2),
+                       seed_metrics=[{"val_acc": 0.7}, {"val_acc": 0.8}, {}])  # fmt: skip
+    cols = seed_columns(mine, base, "val_acc")
+    assert cols["seeds"] == 3
+    assert cols["value_std"] == pytest.approx(math.sqrt(0.005))  # 0.7 and 0.8
+    assert cols["value_se"] == pytest.approx(0.05)
+    assert cols["delta_baseline"] == pytest.approx(0.2)  # 0.7 - 0.5 and 0.8 - 0.6
+    assert cols["delta_baseline_se"] == pytest.approx(0.0, abs=1e-12)
+    assert seed_columns(base, None, "val_acc")["seeds"] is None  # it recorded none
+
+
+def test_no_baseline_record_until_the_enqueued_point_completes() -> None:
+    from dgkd.search.records import TrialRecord
+    from dgkd.search.seeds import baseline_record
+
+    study = load_study("smoke")  # enqueues epsilon = 0 first
+    other = TrialRecord(0, TrialState.COMPLETE, 0.6, {"epsilon": 2.0})
+    assert baseline_record(study, [other]) is None
+    base = TrialRecord(1, TrialState.COMPLETE, 0.5, {"epsilon": 0.0})
+    assert baseline_record(study, [other, base]) is base
