@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -101,7 +102,12 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the selected comparisons, print each, and write the markdown report at the end."""
+    """Run the selected comparisons, print each, and write the markdown report at the end.
+
+    After each comparison the sections so far go to ``<out>.partial`` (atomically), so a run
+    stopped after an hour keeps what it measured; the report itself is written only whole, and
+    the partial file is removed then.
+    """
     p = _parser()
     args = p.parse_args(argv)
     error = _usage_error(args)
@@ -112,8 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     machine_line = machine(device)  # before a comparison changes the thread count
     console = Console()
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    names = args.only or list(COMPARISONS)
+    partial = Path(f"{args.out}.partial")
     sections = []
-    for name in args.only or list(COMPARISONS):
+    for i, name in enumerate(names, 1):
         if name == "search":
             trials = (4, 4) if args.quick else (args.search_trials, args.parallel_trials)
             comp = search.run(device, quick=args.quick, trials=trials[0], parallel_trials=trials[1])
@@ -121,9 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             comp = COMPARISONS[name](device, quick=args.quick)
         console.print(rich_table(comp))
         sections.append(markdown(comp))
-    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+        if i < len(names):
+            note = f"Partial: {i} of {len(names)} comparisons; the run stopped or goes on.\n"
+            text = document(machine_line=machine_line, command=command, quick=args.quick,
+                            sections=[note, *sections])  # fmt: skip
+            atomic_write_text(partial, text)
     text = document(machine_line=machine_line, command=command, quick=args.quick, sections=sections)
     atomic_write_text(args.out, text)
+    partial.unlink(missing_ok=True)
     console.print(f"wrote {args.out}")
     return 0
 

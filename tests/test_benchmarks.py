@@ -240,3 +240,28 @@ def test_the_core_peak_takes_the_highest_clock_or_lscpus_max() -> None:
     assert "lscpu" in parse_cpuinfo(text, max_mhz=3700.0).describe()
     with pytest.raises(ValueError, match="cpu MHz"):
         parse_cpuinfo("processor\t: 0\nflags\t\t: avx2 fma\n")
+
+
+def test_a_stopped_run_keeps_its_finished_comparisons_in_a_partial_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import benchmarks.__main__ as entry
+
+    def first(device, *, quick):
+        return Comparison("First", rows=[Row("a", [0.5])])
+
+    def second(device, *, quick):
+        raise KeyboardInterrupt  # Ctrl-C during the second comparison
+
+    monkeypatch.setattr(entry, "COMPARISONS", {"first": first, "second": second})
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("the last whole report\n")
+    with pytest.raises(KeyboardInterrupt):
+        entry.main(["--only", "first", "second", "--out", str(out)])
+    assert out.read_text() == "the last whole report\n"  # never half-written
+    partial = (tmp_path / "BENCHMARKS.md.partial").read_text()
+    assert "Partial: 1 of 2 comparisons" in partial and "### First" in partial
+    monkeypatch.setattr(entry, "COMPARISONS", {"first": first, "second": first})
+    assert entry.main(["--only", "first", "second", "--out", str(out)]) == 0
+    assert out.read_text().count("### First") == 2
+    assert not (tmp_path / "BENCHMARKS.md.partial").exists()
