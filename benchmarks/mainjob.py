@@ -92,6 +92,7 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
     Raises:
         ValueError: ``device`` is not the CPU.
     """
+    from dgkd.runtime import available_cores
     from dgkd.study import load_study
 
     require_cpu(device, "mainjob")
@@ -131,6 +132,6 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
         comp.ratio("main job wall time (Optuna) / 5 minutes", optuna / TARGET_S, "<= 1x")
     comp.notes.append(
         f"each run: `dgkd-search --study <study> [--trials N] [--backend ray] --out <fresh dir>` "
-        f"in a fresh process (workers: auto, {os.cpu_count()} on this machine), teachers cached"
+        f"in a fresh process (workers: auto, {available_cores()} here), teachers cached"
     )
     return comp
