@@ -188,7 +188,11 @@ def test_best_jsons_block_holds_the_rounds_seeds_and_teachers_as_strict_json() -
     v = judge(_values(), baseline="baseline", winner="a", winner_search_value=float("nan"),
               metric="val_acc", seeds=SEEDS, teachers=[3])  # fmt: skip
     v = dataclasses.replace(v, rounds=(Round.of(v, 1, 0.005), Round.of(v, 2, 0.048)))
-    block = json.loads(json.dumps(v.to_dict(), allow_nan=False))
+    raw = v.to_dict()
+    fields = {f.name for f in dataclasses.fields(v)}
+    assert set(raw) == fields | {"headline"}  # every field once, under its own name
+    assert isinstance(raw["seeds"], list) and isinstance(raw["teachers"], list)
+    block = json.loads(json.dumps(raw, allow_nan=False))
     assert block["seeds"] == SEEDS and block["teachers"] == [3]
     assert block["winner_search_value"] is None
     assert block["winner_confirmed_value"] == pytest.approx((BASE + DIFFS["a"]).mean())
