@@ -259,8 +259,10 @@ def test_equivalence_across_teachers_needs_the_teacher_means_interval_not_the_ci
     assert ref["variant"] == "full" and ref["test_acc_verdict"] == ""
     # the row's own variance columns are the headline metric's (test accuracy)
     assert dkd["n_teachers"] == 3
-    assert dkd["sd_teacher"] == dkd["test_acc_sd_teacher"] == pytest.approx(
-        np.std([0.004, -0.004, 0.003], ddof=1)
+    assert (
+        dkd["sd_teacher"]
+        == dkd["test_acc_sd_teacher"]
+        == pytest.approx(np.std([0.004, -0.004, 0.003], ddof=1))
     )
     assert dkd["sd_seed"] == dkd["test_acc_sd_seed"] == pytest.approx(0.0, abs=1e-12)
 
