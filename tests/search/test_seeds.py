@@ -167,3 +167,25 @@ def test_no_baseline_record_until_the_enqueued_point_completes() -> None:
     assert baseline_record(study, [other]) is None
     base = TrialRecord(1, TrialState.COMPLETE, 0.5, {"epsilon": 0.0})
     assert baseline_record(study, [other, base]) is base
+
+
+def test_trial_seeds_csv_has_a_row_per_seed_and_every_metric_any_seed_has() -> None:
+    from dgkd.search.records import TrialRecord
+    from dgkd.search.seeds import seeds_frame
+
+    records = [
+        TrialRecord(1, TrialState.COMPLETE, 0.7, {}, seeds=(5, 6),
+                    seed_metrics=[{"val_acc": 0.6, "test_acc": 0.5}, {"val_acc": 0.8, "ece": 0.1}]),
+        # an older record, without its seeds: seed 0, 1, ...
+        TrialRecord(0, TrialState.COMPLETE, 0.5, {}, seed_metrics=[{"val_acc": 0.5}]),
+        TrialRecord(2, TrialState.PRUNED, None, {}, seeds=(5, 6)),  # pruned: no final metrics
+    ]  # fmt: skip
+    frame = seeds_frame(records)
+    assert list(frame.columns) == ["trial", "state", "seed", "val_acc", "test_acc", "ece"]
+    assert frame[["trial", "state", "seed"]].values.tolist() == [
+        [0, "COMPLETE", 0], [1, "COMPLETE", 5], [1, "COMPLETE", 6],
+    ]  # fmt: skip
+    assert frame["val_acc"].tolist() == [0.5, 0.6, 0.8]
+    assert frame["ece"].isna().tolist() == [True, True, False]
+    empty = seeds_frame(records[2:])
+    assert list(empty.columns) == ["trial", "state", "seed"] and empty.empty
