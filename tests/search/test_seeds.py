@@ -155,7 +155,14 @@ def test_seed_columns_pair_by_seed_and_read_records_without_seeds() -> None:
     assert cols["value_se"] == pytest.approx(0.05)
     assert cols["delta_baseline"] == pytest.approx(0.2)  # 0.7 - 0.5 and 0.8 - 0.6
     assert cols["delta_baseline_se"] == pytest.approx(0.0, abs=1e-12)
-    assert seed_columns(base, None, "val_acc")["seeds"] is None  # it recorded none
+    alone = seed_columns(base, None, "val_acc")
+    assert alone["seeds"] is None  # it recorded none
+    assert math.isnan(alone["delta_baseline"]) and math.isnan(alone["delta_baseline_se"])
+    pruned = TrialRecord(2, TrialState.PRUNED, None, {"epsilon": 4.0}, seeds=(0, 1, 2))
+    cols = seed_columns(pruned, base, "val_acc")  # seeds without final metrics: no numbers
+    assert (
+        cols["seeds"] == 3 and math.isnan(cols["value_std"]) and math.isnan(cols["delta_baseline"])
+    )
 
 
 def test_no_baseline_record_until_the_enqueued_point_completes() -> None:
