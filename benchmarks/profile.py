@@ -55,9 +55,10 @@ def _step_sections(
 ) -> list[list[str]]:
     """Table rows of one default-student step's sections: operations and mean time each."""
     torch.manual_seed(0)
-    model = build_model("cnn1d", num_classes=10, input_shape=(40,), width=8)
+    cfg = TrainConfig(method=method)
+    model = build_model("cnn1d", num_classes=10, input_shape=(40,), width=cfg.student_width)
     clock: dict[str, float] = {}
-    step = step_fn(model, x, logits_t, y, TrainConfig(method=method), True, clock)
+    step = step_fn(model, x, logits_t, y, cfg, True, clock)
     timeit(step, repeats=repeats, inner=inner)
     n = repeats * inner + 2  # timeit's calls, warm-up included
     times = {name: clock[name] / n for name in SECTIONS}
@@ -116,7 +117,8 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
         "aten ops per call: operations dispatched from Python or the autograd engine (not those "
         "inside another operation), counted with torch.profiler. Times are without the "
         "profiler: medians of repeats for the loss, means over the timed steps for the step's "
-        "sections. Steps: the default student (cnn1d w8, batch 128, Adam, cached teacher logits)."
+        f"sections. Steps: the default student (cnn1d width {TrainConfig().student_width}, batch "
+        "128, Adam, cached teacher logits)."
     )
     comp.notes.append(
         "End-of-epoch evaluation: wall time of dgkd.epoch_metrics per epoch (eval-mode forward "

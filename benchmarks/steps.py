@@ -76,9 +76,10 @@ def run(device: torch.device, *, quick: bool) -> Comparison:
     if device.type == "cuda" and not quick:
         large = (7, 50)  # a GPU step takes milliseconds, not a second
     cifar = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    default = TrainConfig()
     cases = [
-        ("default student (cnn1d w8, batch 128, Adam)", "cnn1d", 8, (40,), 10, 128, small, True,
-         TrainConfig()),
+        (f"default student (cnn1d w{default.student_width}, batch {default.batch_size}, Adam)",
+         "cnn1d", default.student_width, (40,), 10, default.batch_size, small, True, default),
         ("resnet8x4, CIFAR-100 shape (batch 64, SGD)", "resnet8x4", None, (3, 32, 32), 100, 64,
          large, False, cifar),
     ]  # fmt: skip

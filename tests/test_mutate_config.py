@@ -1,4 +1,5 @@
-"""``make mutate``'s configuration names files and tests that exist.
+"""``make mutate``'s configuration names files and tests that exist, and its plugin orders a
+mutant's tests so that a killed mutant is found fast.
 
 mutmut fails its whole run, after minutes of generating mutants, when one selected test id is
 stale (a renamed test), and a mutated file that no longer exists silently drops out of the core.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import json
 import tomllib
 from pathlib import Path
+
+import pytest
 
 from scripts.mutate import CORE
 
@@ -44,3 +48,28 @@ def test_every_core_pattern_names_a_mutated_file() -> None:
             m == module or m.startswith(module + ".") or fnmatch.fnmatchcase(m, module)
             for m in mutated
         ), f"{pattern}: its module is not under only_mutate"
+
+
+def test_a_mutants_tests_run_its_own_file_first_training_last_and_the_fastest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from scripts import mutate_plugin
+
+    ids = [
+        "tests/test_train.py::test_protocol",  # trains: last
+        "tests/search/test_seeds.py::test_slow_search",
+        "tests/test_stats.py::test_other_module",
+        "tests/search/test_seeds.py::test_fast_unit",
+        "tests/search/test_seeds.py::test_untimed",
+    ]
+    durations = {ids[0]: 0.1, ids[1]: 7.0, ids[2]: 0.5, ids[3]: 0.2}
+    (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    monkeypatch.chdir(tmp_path)  # mutmut runs a mutant's tests in mutants/, beside its stats
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "dgkd.search.seeds.x_trial_seeds__mutmut_3")
+    mutate_plugin._durations.cache_clear()
+    items = [SimpleNamespace(nodeid=i) for i in ids]
+    mutate_plugin.pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
+    mutate_plugin._durations.cache_clear()
+    assert [i.nodeid for i in items] == [ids[4], ids[3], ids[1], ids[2], ids[0]]
