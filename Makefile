@@ -41,7 +41,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)  ## full benchmark run (about 75 min); writes BENCHMARKS.md
+bench: $(STAMP)  ## full benchmark run (about 65 min); writes BENCHMARKS.md
 	$(BIN)/python -m benchmarks
 
 bench-quick: $(STAMP)
