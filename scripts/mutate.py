@@ -1,6 +1,6 @@
 """Mutation testing of the numeric core: ``make mutate``.
 
-Usage: ``python scripts/mutate.py [--jobs N] [--keep] [--fail-under P] [PATTERN ...]``.
+Usage: ``python scripts/mutate.py [--jobs N] [--keep | --resume] [--fail-under P] [PATTERN ...]``.
 
 The numbers behind every verdict (losses, a population's loss paths, metrics, statistics, the
 validation split, the last-epoch rule, search-space and study validation, atomic writes, the
@@ -12,7 +12,11 @@ not notice "survives". This script runs mutmut on the core's functions (:data:`C
 given mutant-name patterns), lists the survivors with their diffs in ``mutants/survivors.txt``
 and ends with one line, ``mutation score: K killed of N (P%)``. A timeout counts as killed;
 a mutant no selected test executes counts as surviving. Exit status 1 below ``--fail-under``,
-2 when mutmut itself fails.
+2 when mutmut itself fails or leaves mutants unchecked (a run stopped early).
+
+A whole run takes hours on two cores, so it can be done in parts: ``--resume`` keeps the
+results in ``mutants/`` and runs only the mutants not checked yet and the survivors (tests may
+have been added since), then scores them all.
 
 mutmut imports the tests once in a fork server and forks a process per mutant, so torch is
 imported once, not once per mutant. docs/mutation.md lists the survivors and why each survives.
@@ -100,34 +104,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("patterns", nargs="*", help="mutant-name patterns (default: the core)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants at once")
-    parser.add_argument("--keep", action="store_true", help="reuse mutants/ (default: fresh)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--keep", action="store_true", help="reuse mutants/ (default: fresh)")
+    how.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep mutants/ and its results; run the unchecked mutants and the survivors only",
+    )
     parser.add_argument("--fail-under", type=float, default=90.0, help="minimum score, percent")
     args = parser.parse_args(argv)
     patterns = tuple(args.patterns) or CORE
 
-    if not args.keep and MUTANTS.exists():
+    names: tuple[str, ...] = patterns
+    if args.resume:
+        earlier = _results(patterns)
+        if not earlier:
+            print(f"nothing to resume in {MUTANTS}: run it without --resume first")
+            return 2
+        names = tuple(sorted(n for n, v in earlier.items() if v not in _KILLED))
+        print(f"resuming: {len(earlier) - len(names)} of {len(earlier)} mutants killed already")
+    elif not args.keep and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
     MUTANTS.mkdir(exist_ok=True)
     log = MUTANTS / "run.log"
-    print(f"mutmut: {len(patterns)} pattern(s), {args.jobs} job(s); progress in {log}", flush=True)
     start = time.monotonic()
-    with log.open("w") as f:
-        proc = subprocess.run(
-            [_mutmut(), "run", "--max-children", str(args.jobs), *patterns],
-            cwd=ROOT,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+    returncode = 0
+    if names:
+        what = f"{len(names)} mutant(s)" if args.resume else f"{len(patterns)} pattern(s)"
+        print(f"mutmut: {what}, {args.jobs} job(s); progress in {log}", flush=True)
+        with log.open("a" if args.resume else "w") as f:
+            returncode = subprocess.run(
+                [_mutmut(), "run", "--max-children", str(args.jobs), *names],
+                cwd=ROOT,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                check=False,
+            ).returncode
     verdicts = _results(patterns)
-    if proc.returncode != 0 or not verdicts:
+    if returncode != 0 or not verdicts:
         tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-20:]
         print("\n".join(tail))
-        print(f"mutmut failed (exit {proc.returncode}); see {log}")
+        print(f"mutmut failed (exit {returncode}); see {log}")
         return 2
     unchecked = [n for n, v in verdicts.items() if v == "not checked"]
     if unchecked:
-        print(f"mutmut left {len(unchecked)} mutant(s) unchecked; see {log}")
+        print(f"mutmut left {len(unchecked)} mutant(s) unchecked; --resume checks them; see {log}")
         return 2
 
     survivors = sorted(n for n, v in verdicts.items() if v not in _KILLED)

@@ -73,3 +73,48 @@ def test_a_mutants_tests_run_its_own_file_first_training_last_and_the_fastest_fi
     mutate_plugin.pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
     mutate_plugin._durations.cache_clear()
     assert [i.nodeid for i in items] == [ids[4], ids[3], ids[1], ids[2], ids[0]]
+
+
+def _meta(mutants: Path, codes: dict[str, int | None]) -> None:
+    (mutants / "dgkd").mkdir(parents=True, exist_ok=True)
+    (mutants / "dgkd" / "stats.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+
+
+def test_a_resumed_run_checks_only_the_unchecked_mutants_and_the_survivors_then_scores_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole run takes hours: ``--resume`` continues one stopped part-way (or rechecks its
+    survivors after tests were added) without running the killed mutants again."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from scripts import mutate
+
+    # mutmut's exit-code verdicts (the mutate extra is not installed for the suite)
+    codes = {None: "not checked", 0: "survived", 1: "killed"}
+    verdicts = SimpleNamespace(status_by_exit_code=codes)
+    monkeypatch.setitem(sys.modules, "mutmut", SimpleNamespace(stats=verdicts))
+    monkeypatch.setitem(sys.modules, "mutmut.stats", verdicts)
+    mutants = tmp_path / "mutants"
+    monkeypatch.setattr(mutate, "MUTANTS", mutants)
+    monkeypatch.setattr(mutate, "_mutmut", lambda: "mutmut")
+    monkeypatch.setattr(mutate, "_diff", lambda name: "")
+    assert mutate.main(["--resume"]) == 2  # nothing to resume yet
+    assert "run it without --resume first" in capsys.readouterr().out
+
+    killed, survivor, unchecked = (f"dgkd.stats.x_holm__mutmut_{i}" for i in (1, 2, 3))
+    _meta(mutants, {killed: 1, survivor: 0, unchecked: None})
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        _meta(mutants, {killed: 1, survivor: 1, unchecked: 0})  # the new test kills it
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(mutate.subprocess, "run", fake_run)
+    assert mutate.main(["--resume", "--fail-under", "50"]) == 0
+    assert [cmd[-2:] for cmd in ran] == [[survivor, unchecked]]  # not the killed one
+    out = capsys.readouterr().out
+    assert "resuming: 1 of 3 mutants killed already" in out
+    assert "mutation score: 2 killed of 3 (66.7%)" in out

@@ -203,3 +203,44 @@ def test_best_jsons_block_holds_the_rounds_seeds_and_teachers_as_strict_json() -
     assert set(first) == {"a", "b", "c"} and {c["metric"] for c in first.values()} == {"val_acc"}
     assert first["a"]["delta"] == pytest.approx(DIFFS["a"].mean())
     assert first["a"]["verdict"] == "better" and first["a"]["sd_teacher"] is None  # one teacher
+
+
+def test_verdict_md_lists_every_rounds_comparisons_and_why_the_stage_stopped() -> None:
+    import dataclasses
+
+    from dgkd.search.verdict import Round
+
+    v = judge(_values(), baseline="baseline", winner="a", winner_search_value=0.7,
+              metric="val_acc", seeds=SEEDS)  # fmt: skip
+    v = dataclasses.replace(v, rounds=(Round.of(v, 1, 0.005), Round.of(v, 2, 0.048)), looks=3)
+    text = verdict_markdown(v, labels={"a": "epsilon=2"})
+    section = text.split("\n## Rounds\n\n", 1)[1].split("\n\n")
+    assert section[0].endswith(
+        "with at most 3 looks at an overall level of 0.05, so a look's better or worse needs the "
+        "corrected p below that look's level. It stopped after round 2: the seed budget was "
+        "spent."  # b and c are inconclusive at the last look
+    )
+    lines = section[1].splitlines()
+    assert lines[:2] == [
+        "| round | seeds per teacher | level | config | difference (95% CI) | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    on_metric = {c.config: c for c in v.comparisons if c.metric == "val_acc"}
+    expected = []
+    for look, level in ((1, "0.005"), (2, "0.048")):
+        for name in ("a", "b", "c"):
+            c = on_metric[name]
+            expected.append([
+                str(look), "6", level, "a (epsilon=2)" if name == "a" else name,
+                f"{c.delta:+.4f} ({c.ci_low:+.4f}, {c.ci_high:+.4f})", f"{c.p_holm:.3g}",
+                c.verdict,
+            ])  # fmt: skip
+    assert rows == expected
+    clear = {k: _values()[k] for k in ("baseline", "a")}  # a alone: better at once
+    v = judge(clear, baseline="baseline", winner="a", winner_search_value=0.7,
+              metric="val_acc", seeds=SEEDS)  # fmt: skip
+    v = dataclasses.replace(v, rounds=(Round.of(v, 1, 0.005),), looks=3)
+    assert "It stopped after round 1: every verdict on the objective was decisive." in (
+        verdict_markdown(v, labels={})
+    )
