@@ -100,6 +100,26 @@ def _diff(name: str) -> str:
     return "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("-", "+", "@")))
 
 
+def _run_mutmut(args: list[str], log: Path, *, append: bool) -> int:
+    """``mutmut <args>`` with its output in ``log``; its exit status, 130 when stopped.
+
+    Ctrl-C reaches mutmut too (same process group), which stops and records what it finished;
+    this waits for that instead of killing it (``subprocess.run`` would), so a run stopped
+    part-way can be resumed.
+    """
+    with log.open("a" if append else "w") as f:
+        proc = subprocess.Popen([_mutmut(), *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("patterns", nargs="*", help="mutant-name patterns (default: the core)")
@@ -132,15 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if names:
         what = f"{len(names)} mutant(s)" if args.resume else f"{len(patterns)} pattern(s)"
         print(f"mutmut: {what}, {args.jobs} job(s); progress in {log}", flush=True)
-        with log.open("a" if args.resume else "w") as f:
-            returncode = subprocess.run(
-                [_mutmut(), "run", "--max-children", str(args.jobs), *names],
-                cwd=ROOT,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                check=False,
-            ).returncode
+        run = ["run", "--max-children", str(args.jobs), *names]
+        returncode = _run_mutmut(run, log, append=args.resume)
     verdicts = _results(patterns)
+    if returncode == 130:
+        checked = sum(v != "not checked" for v in verdicts.values())
+        print(f"stopped: {checked} of {len(verdicts)} mutants checked; --resume continues")
+        return 130
     if returncode != 0 or not verdicts:
         tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-20:]
         print("\n".join(tail))

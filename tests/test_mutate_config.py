@@ -85,7 +85,6 @@ def test_a_resumed_run_checks_only_the_unchecked_mutants_and_the_survivors_then_
 ) -> None:
     """A whole run takes hours: ``--resume`` continues one stopped part-way (or rechecks its
     survivors after tests were added) without running the killed mutants again."""
-    import subprocess
     import sys
     from types import SimpleNamespace
 
@@ -107,14 +106,23 @@ def test_a_resumed_run_checks_only_the_unchecked_mutants_and_the_survivors_then_
     _meta(mutants, {killed: 1, survivor: 0, unchecked: None})
     ran: list[list[str]] = []
 
-    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        ran.append(cmd)
-        _meta(mutants, {killed: 1, survivor: 1, unchecked: 0})  # the new test kills it
-        return subprocess.CompletedProcess(cmd, 0)
+    def stopped(args: list[str], log: Path, *, append: bool) -> int:
+        ran.append(args)
+        return 130  # Ctrl-C: mutmut recorded nothing new
 
-    monkeypatch.setattr(mutate.subprocess, "run", fake_run)
+    monkeypatch.setattr(mutate, "_run_mutmut", stopped)
+    assert mutate.main(["--resume"]) == 130
+    assert "stopped: 2 of 3 mutants checked; --resume continues" in capsys.readouterr().out
+
+    def finished(args: list[str], log: Path, *, append: bool) -> int:
+        assert append  # the log of the earlier parts is kept
+        ran.append(args)
+        _meta(mutants, {killed: 1, survivor: 1, unchecked: 0})  # the new test kills it
+        return 0
+
+    monkeypatch.setattr(mutate, "_run_mutmut", finished)
     assert mutate.main(["--resume", "--fail-under", "50"]) == 0
-    assert [cmd[-2:] for cmd in ran] == [[survivor, unchecked]]  # not the killed one
+    assert [args[-2:] for args in ran] == [[survivor, unchecked]] * 2  # never the killed one
     out = capsys.readouterr().out
     assert "resuming: 1 of 3 mutants killed already" in out
     assert "mutation score: 2 killed of 3 (66.7%)" in out
