@@ -375,7 +375,9 @@ def test_rows_of_an_older_confirm_csv_without_a_teacher_are_retrained_and_said(
     lines: list[str] = []
     trainer = FakeTrainer()
     run_confirm(study, plan, tmp_path, trainer=trainer, log=lines.append)
-    assert any("1 row(s)" in line and "no teacher" in line for line in lines), lines
+    path = tmp_path / CONFIRM_FILE
+    notice = f"confirm: 1 row(s) of {path} name no teacher (an older release); retraining"
+    assert lines[0] == notice, lines
     assert trainer.calls == [list(plan.seeds) * 2]  # the old row was not reused
     rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
     assert len(rows) == 4 and all(r["teacher_seed"] == "0" for r in rows)

@@ -100,7 +100,10 @@ def test_a_resume_after_the_baseline_point_changed_retrains_the_baseline_only(
     v = run_confirm(moved, replanned, tmp_path, trainer=again, log=lines.append)
     assert again.calls == [[(3.0, s) for s in replanned.seeds]]  # trial 2's rows were kept
     notice = [line for line in lines if "plan changed" in line]
-    assert len(notice) == 1 and "baseline is now epsilon=3: 3 row(s)" in notice[0], lines
+    assert notice == [
+        f"confirm: the plan changed since {tmp_path / CONFIRM_FILE} was written (baseline is "
+        "now epsilon=3: 3 row(s)); retraining those"
+    ], lines
     rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
     base = [r for r in rows if r["config"] == "baseline"]
     assert len(rows) == 6 and {r["params"] for r in base} == {'{"epsilon": 3.0}'}
@@ -137,3 +140,40 @@ def test_the_search_seeds_reach_the_confirm_stage(
     assert orchestrate._confirm(study, opts, records, lambda _: None) is not None
     assert seen["plan"].seeds == (20_003, 20_004)
     assert not set(seen["plan"].seeds) & {20_000, 20_001, 20_002}
+
+
+def test_a_stage_trains_with_the_searchs_changes_under_its_teachers_and_resumes_unchanged(
+    tmp_path: Path,
+) -> None:
+    """The search's ``--set`` changes reach every confirm run, whose teachers start at the base
+    config's teacher seed; a resume with one more seed keeps every row as written (the trial
+    numbers too) and trains only that seed; rows of a config an earlier, longer shortlist had
+    are dropped without a word."""
+    study = load_study("smoke")
+    records = disagreeing_records()
+    wide = plan_confirm(study, records, top=2, n_seeds=2, search_seeds=[0], teachers=2)
+    assert wide is not None and set(wide.configs) == {"baseline", "trial 2", "trial 1"}
+    seen: list[tuple[int, int, int]] = []
+
+    def trainer(cfgs: Sequence[TrainConfig]) -> list[Result]:
+        seen.extend((c.epochs, c.teacher_seed, c.seed) for c in cfgs)
+        return Trainer()(cfgs)
+
+    changes = {"epochs": 3, "teacher_seed": 5}
+    run_confirm(study, wide, tmp_path, overrides=changes, trainer=trainer, log=lambda _: None)
+    assert {(e, t) for e, t, _ in seen} == {(3, 5), (3, 6)}  # teachers 5 and 6, 3 epochs
+    assert len(seen) == 3 * 2 * 2
+    longer = plan_confirm(study, records, top=1, n_seeds=3, search_seeds=[0], teachers=2)
+    assert longer is not None and set(longer.configs) == {"baseline", "trial 2"}
+    new_seed = longer.seeds[-1]
+    assert longer.seeds[:2] == wide.seeds
+    path = tmp_path / CONFIRM_FILE
+    before = [r for r in csv.DictReader(path.open()) if r["config"] != "trial 1"]
+    assert {(r["config"], r["trial"]) for r in before} == {("baseline", "0"), ("trial 2", "2")}
+    seen.clear()
+    lines: list[str] = []
+    run_confirm(study, longer, tmp_path, overrides=changes, trainer=trainer, log=lines.append)
+    assert sorted(seen) == [(3, t, new_seed) for t in (5, 5, 6, 6)]  # the new seed only
+    assert len(lines) == 1 and lines[0].startswith("confirm: "), lines  # no notice
+    after = list(csv.DictReader(path.open()))
+    assert [r for r in after if int(r["seed"]) != new_seed] == before
