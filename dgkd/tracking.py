@@ -32,6 +32,7 @@ __all__ = [
     "log_cells",
     "MlflowRun",
     "check_mlflow",
+    "ensure_experiment",
     "log_finished",
     "logged_tags",
     "mlflow_problem",
@@ -70,6 +71,16 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
         except Exception:  # created meanwhile by another worker: read it again
             time.sleep(0.2)
     raise RuntimeError(f"cannot create the MLflow experiment {name!r}")
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment ``name``'s id, created now if missing.
+
+    Called once before parallel workers open their runs: MLflow's file store does not create an
+    experiment atomically, so two workers creating it at the same moment make two experiments
+    of one name and split the trials between them.
+    """
+    return _experiment_id(_client(uri), name)
 
 
 def check_mlflow(uri: str) -> None:

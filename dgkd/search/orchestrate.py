@@ -183,6 +183,10 @@ def run_search(study: Study, opts: SearchOptions, *, log: Log | None = None) -> 
         moved = move_aside(opts.out_dir)
         if moved is not None:
             log(f"moved previous results of {study.name} to {moved}")
+    if opts.mlflow is not None:  # once, before the workers: they would race to create it
+        from dgkd.tracking import ensure_experiment
+
+        ensure_experiment(opts.mlflow, study.name)
     records = backend.run(study, opts, log=log)
     verdict = _confirm(study, opts, records, log)
     write_search_outputs(study, records, opts.out_dir, overrides=opts.overrides, verdict=verdict)

@@ -48,3 +48,36 @@ def test_every_trial_is_an_mlflow_run(
             assert run.info.status == "FINISHED"
             expected = trials.loc[number, "test_acc"]
             assert run.data.metrics["final_test_acc"] == pytest.approx(expected)
+
+
+def test_the_experiment_exists_before_the_workers_open_their_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers creating the experiment at once in a file store made two experiments of one
+    name, and the trials split between them (seen on a loaded machine): the command creates it
+    once, before any worker starts."""
+    from mlflow.tracking import MlflowClient
+
+    from dgkd.search import orchestrate
+    from dgkd.study import load_study
+
+    store = (tmp_path / "mlruns").as_uri()
+    seen: list[object] = []
+
+    class Started(Exception):
+        pass
+
+    class Backend:
+        def preflight(self, study: object, opts: object) -> None:
+            pass
+
+        def run(self, study: object, opts: object, log: object) -> list[object]:
+            seen.append(MlflowClient(tracking_uri=store).get_experiment_by_name("smoke"))
+            raise Started
+
+    study = load_study("smoke")
+    opts = orchestrate.make_options(study, out=tmp_path / "runs", trials=2, mlflow=store)
+    monkeypatch.setattr(orchestrate, "get_backend", lambda name: Backend())
+    with pytest.raises(Started):
+        orchestrate.run_search(study, opts, log=lambda _: None)
+    assert len(seen) == 1 and seen[0] is not None
