@@ -177,3 +177,60 @@ def test_a_stage_trains_with_the_searchs_changes_under_its_teachers_and_resumes_
     assert len(lines) == 1 and lines[0].startswith("confirm: "), lines  # no notice
     after = list(csv.DictReader(path.open()))
     assert [r for r in after if int(r["seed"]) != new_seed] == before
+
+
+def test_confirm_csv_rows_and_the_progress_lines_read_back(tmp_path: Path) -> None:
+    """confirm.csv holds a row per (config, teacher, seed) in the plan's order, with its search
+    trial (empty for a config no trial ran), its params as sorted JSON and a failed run's first
+    line of error; each round says in one line what it trains."""
+    study = load_study("smoke")
+    records = [  # no trial at the baseline point (epsilon 0); trial 2's params out of order
+        TrialRecord(1, TrialState.COMPLETE, 0.620, {"epsilon": 3.0}, metrics={"test_acc": 0.7}),
+        TrialRecord(2, TrialState.COMPLETE, 0.660, {"epsilon": 1.0, "alpha": 1.0},
+                    metrics={"test_acc": 0.52}),
+    ]  # fmt: skip
+    plan = plan_confirm(study, records, top=2, n_seeds=4, search_seeds=[0], teachers=2, round=2)
+    assert plan is not None and list(plan.configs) == ["baseline", "trial 2", "trial 1"]
+    first = plan.seeds[0]
+
+    def trainer(cfgs: Sequence[TrainConfig]) -> list[Result]:
+        out = Trainer()(cfgs)
+        for c, res in zip(cfgs, out, strict=True):
+            if c.epsilon == 3.0 and c.seed == first and c.teacher_seed == 1:
+                res.metrics, res.error = {}, RuntimeError("loss became nan\nat step 3")
+        return out
+
+    lines: list[str] = []
+    run_confirm(study, plan, tmp_path, trainer=trainer, log=lines.append)
+    assert lines[0] == "confirm: 3 config(s) x 2 teachers x 2 fresh seeds (round 1 of at most 2)"
+    if len(lines) > 1:  # the first round did not decide every config
+        assert lines[1:] == [
+            "confirm: 3 config(s) x 2 teachers x 2 fresh seeds (round 2 of at most 2)"
+        ]
+    with (tmp_path / CONFIRM_FILE).open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["config"] for r in rows[:: len(rows) // 3]] == ["baseline", "trial 2", "trial 1"]
+    for name, trial, params in (
+        ("baseline", "", '{"epsilon": 0.0}'),
+        ("trial 2", "2", '{"alpha": 1.0, "epsilon": 1.0}'),
+        ("trial 1", "1", '{"epsilon": 3.0}'),
+    ):
+        mine = [r for r in rows if r["config"] == name]
+        assert {(r["trial"], r["params"]) for r in mine} == {(trial, params)}
+        keys = [(int(r["teacher_seed"]), int(r["seed"])) for r in mine]
+        assert keys == sorted(keys)  # by teacher, then seed
+    errors = {(r["config"], r["teacher_seed"], r["seed"]): r["error"] for r in rows}
+    assert errors.pop(("trial 1", "1", str(first))) == "loss became nan"
+    assert set(errors.values()) == {""}
+    # a resume with one more round's seeds counts its runs when they are not a whole grid
+    path = tmp_path / CONFIRM_FILE
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))  # its last row
+    lines.clear()
+    run_confirm(study, plan, tmp_path, trainer=trainer, log=lines.append)
+    assert lines[0].startswith("confirm: 1 config(s), 1 (teacher, fresh seed) runs (round ")
+    # one look under one teacher: no round, no teacher count
+    single = plan_confirm(study, records, top=1, n_seeds=3, search_seeds=[0], teachers=1, round=0)
+    assert single is not None
+    lines.clear()
+    run_confirm(study, single, tmp_path / "single", trainer=Trainer(), log=lines.append)
+    assert lines == ["confirm: 2 config(s) on 3 fresh seed(s)"]

@@ -214,7 +214,7 @@ def test_verdict_md_lists_every_rounds_comparisons_and_why_the_stage_stopped() -
               metric="val_acc", seeds=SEEDS)  # fmt: skip
     v = dataclasses.replace(v, rounds=(Round.of(v, 1, 0.005), Round.of(v, 2, 0.048)), looks=3)
     text = verdict_markdown(v, labels={"a": "epsilon=2"})
-    section = text.split("\n## Rounds\n\n", 1)[1].split("\n\n")
+    section = text.split("\n\n## Rounds\n\n", 1)[1].split("\n\n")  # a section of its own
     assert section[0].endswith(
         "with at most 3 looks at an overall level of 0.05, so a look's better or worse needs the "
         "corrected p below that look's level. It stopped after round 2: the seed budget was "
