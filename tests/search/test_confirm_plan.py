@@ -228,6 +228,9 @@ def test_confirm_csv_rows_and_the_progress_lines_read_back(tmp_path: Path) -> No
     lines.clear()
     run_confirm(study, plan, tmp_path, trainer=trainer, log=lines.append)
     assert lines[0].startswith("confirm: 1 config(s), 1 (teacher, fresh seed) runs (round ")
+    with path.open() as f:
+        again = list(csv.DictReader(f))
+    assert again == rows  # the kept rows written back as they were, the lost one retrained
     # one look under one teacher: no round, no teacher count
     single = plan_confirm(study, records, top=1, n_seeds=3, search_seeds=[0], teachers=1, round=0)
     assert single is not None
