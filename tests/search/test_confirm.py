@@ -381,3 +381,17 @@ def test_rows_of_an_older_confirm_csv_without_a_teacher_are_retrained_and_said(
     assert trainer.calls == [list(plan.seeds) * 2]  # the old row was not reused
     rows = list(csv.DictReader((tmp_path / CONFIRM_FILE).open()))
     assert len(rows) == 4 and all(r["teacher_seed"] == "0" for r in rows)
+
+
+def test_confirm_seeds_without_search_seeds_start_at_the_first_confirm_seed() -> None:
+    from dgkd.search.confirm import FIRST_CONFIRM_SEED
+
+    assert confirm_seeds([], 3) == tuple(range(FIRST_CONFIRM_SEED, FIRST_CONFIRM_SEED + 3))
+
+
+def test_a_configs_label_names_each_param_floats_to_four_digits() -> None:
+    from dgkd.search.confirm import _label
+
+    assert _label({"epsilon": 1.23456, "method": "dkd", "teacher_seed": 2}) == (
+        "epsilon=1.235, method=dkd, teacher_seed=2"
+    )

@@ -244,3 +244,33 @@ def test_verdict_md_lists_every_rounds_comparisons_and_why_the_stage_stopped() -
     assert "It stopped after round 1: every verdict on the objective was decisive." in (
         verdict_markdown(v, labels={})
     )
+
+
+def test_verdict_md_says_how_it_was_computed_for_one_teacher_and_for_several() -> None:
+    from dgkd.metricspec import spec
+
+    v = judge(_values(), baseline="baseline", winner="a", winner_search_value=0.7,
+              metric="val_acc", seeds=SEEDS)  # fmt: skip
+    paragraphs = verdict_markdown(v).split("\n\n")
+    assert paragraphs[2] == (
+        "Confirm seeds 10000, 10001, 10002, 10003, 10004, 10005: never used by the search. Each "
+        "row is a config minus the baseline (baseline), paired by seed; p is the paired t-test, "
+        "Holm-corrected across the configs for each metric."
+    )
+    metrics = dict.fromkeys(c.metric for c in v.comparisons)  # each judged metric, in order
+    ropes = ", ".join(f"{m} ±{spec(m).rope:g}" for m in metrics)
+    assert "val_acc ±0.005, " in ropes and "test_kl_to_teacher ±0.01" in ropes
+    assert paragraphs[3].endswith(f" Ropes: {ropes}.")
+    base = [[0.60, 0.62], [0.55, 0.56]]
+    gain = [[x + 0.02 for x in t] for t in base]
+    values = {"baseline": {"val_acc": base}, "a": {"val_acc": gain}}
+    v = judge(values, baseline="baseline", winner="a", winner_search_value=0.7,
+              metric="val_acc", seeds=[7, 8], teachers=[3, 4])  # fmt: skip
+    assert verdict_markdown(v).split("\n\n")[2] == (
+        f"Confirm seeds 7, 8 (never used by the search), each under teacher seeds 3, 4: {v.runs} "
+        "per config. Each row is a config minus the baseline (baseline), paired by teacher and "
+        "seed; teachers are a random factor: mean = the mean over teachers of the seed means, the "
+        "95% CI a two-level bootstrap (teachers, then seeds within each), p the one-sample t-test "
+        "of the teacher-level mean differences, Holm-corrected across the configs for each "
+        "metric; sd_teacher and sd_seed split the differences' spread."
+    )
