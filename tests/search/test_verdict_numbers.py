@@ -214,6 +214,10 @@ def test_verdict_md_lists_every_rounds_comparisons_and_why_the_stage_stopped() -
               metric="val_acc", seeds=SEEDS)  # fmt: skip
     v = dataclasses.replace(v, rounds=(Round.of(v, 1, 0.005), Round.of(v, 2, 0.048)), looks=3)
     text = verdict_markdown(v, labels={"a": "epsilon=2"})
+    assert text.split("\n\n")[3].endswith(
+        " At this stage's last look, better and worse needed a corrected p below 0.05 (the "
+        "sequential design's level; see the rounds below)."
+    )
     section = text.split("\n\n## Rounds\n\n", 1)[1].split("\n\n")  # a section of its own
     assert section[0].endswith(
         "with at most 3 looks at an overall level of 0.05, so a look's better or worse needs the "
@@ -257,6 +261,9 @@ def test_verdict_md_says_how_it_was_computed_for_one_teacher_and_for_several() -
         "row is a config minus the baseline (baseline), paired by seed; p is the paired t-test, "
         "Holm-corrected across the configs for each metric."
     )
+    head = "| config | metric | mean | baseline | difference (95% CI) | p (Holm) | verdict |"
+    rule = "|---|---|---|---|---|---|---|"
+    assert paragraphs[4].splitlines()[:2] == [head, rule]
     metrics = dict.fromkeys(c.metric for c in v.comparisons)  # each judged metric, in order
     ropes = ", ".join(f"{m} ±{spec(m).rope:g}" for m in metrics)
     assert "val_acc ±0.005, " in ropes and "test_kl_to_teacher ±0.01" in ropes
@@ -266,7 +273,9 @@ def test_verdict_md_says_how_it_was_computed_for_one_teacher_and_for_several() -
     values = {"baseline": {"val_acc": base}, "a": {"val_acc": gain}}
     v = judge(values, baseline="baseline", winner="a", winner_search_value=0.7,
               metric="val_acc", seeds=[7, 8], teachers=[3, 4])  # fmt: skip
-    assert verdict_markdown(v).split("\n\n")[2] == (
+    paragraphs = verdict_markdown(v).split("\n\n")
+    assert paragraphs[4].splitlines()[:2] == [f"{head} sd_teacher | sd_seed |", f"{rule}---|---|"]
+    assert paragraphs[2] == (
         f"Confirm seeds 7, 8 (never used by the search), each under teacher seeds 3, 4: {v.runs} "
         "per config. Each row is a config minus the baseline (baseline), paired by teacher and "
         "seed; teachers are a random factor: mean = the mean over teachers of the seed means, the "
