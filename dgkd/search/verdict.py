@@ -248,11 +248,15 @@ def verdict_markdown(v: Verdict, *, labels: Mapping[str, str] | None = None) -> 
     """``verdict.md``: the headline, then one table row per config and metric."""
     labels = labels or {}
     several = len(v.teachers) > 1
+    if not v.baseline:
+        # Without a baseline nothing was compared: a legend and an empty table would only
+        # suggest that something is missing.
+        return "\n".join(["# Verdict", "", v.headline, "", _no_baseline(v), ""])
     if several:
         design = (
             f"Confirm seeds {', '.join(map(str, v.seeds))} (never used by the search), each under "
             f"teacher seeds {', '.join(map(str, v.teachers))}: {v.runs} per config. Each row is "
-            f"a config minus the baseline ({v.baseline or 'none'}), paired by teacher and seed; "
+            f"a config minus the baseline ({v.baseline}), paired by teacher and seed; "
             "teachers are a random factor: mean = the mean over teachers of the seed means, the "
             "95% CI a two-level bootstrap (teachers, then seeds within each), p the one-sample "
             "t-test of the teacher-level mean differences, Holm-corrected across the configs "
@@ -261,7 +265,7 @@ def verdict_markdown(v: Verdict, *, labels: Mapping[str, str] | None = None) -> 
     else:
         design = (
             f"Confirm seeds {', '.join(map(str, v.seeds))}: never used by the search. Each row is "
-            f"a config minus the baseline ({v.baseline or 'none'}), paired by seed; p is the "
+            f"a config minus the baseline ({v.baseline}), paired by seed; p is the "
             "paired t-test, Holm-corrected across the configs for each metric."
         )
     head = "| config | metric | mean | baseline | difference (95% CI) | p (Holm) | verdict |"
@@ -297,6 +301,17 @@ def verdict_markdown(v: Verdict, *, labels: Mapping[str, str] | None = None) -> 
     if v.looks > 1:
         lines += _rounds_markdown(v, labels)
     return "\n".join(lines) + "\n"
+
+
+def _no_baseline(v: Verdict) -> str:
+    """What a stage without a baseline measured, and how to get comparisons."""
+    under = f" under teacher seeds {', '.join(map(str, v.teachers))}" if len(v.teachers) > 1 else ""
+    return (
+        f"Confirm seeds {', '.join(map(str, v.seeds))}{under}: never used by the search. The "
+        "study has no baseline point, so no config was compared with one; give the study an "
+        "`enqueue` point (for example the DKD defaults at epsilon 0) to get differences, "
+        "p-values and verdicts."
+    )
 
 
 def _rounds_markdown(v: Verdict, labels: Mapping[str, str]) -> list[str]:

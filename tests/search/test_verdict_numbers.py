@@ -283,3 +283,22 @@ def test_verdict_md_says_how_it_was_computed_for_one_teacher_and_for_several() -
         "of the teacher-level mean differences, Holm-corrected across the configs for each "
         "metric; sd_teacher and sd_seed split the differences' spread."
     )
+
+
+@pytest.mark.parametrize("teachers", [[0], [3, 4]])
+def test_without_a_baseline_verdict_md_says_nothing_was_compared_and_how_to_compare(
+    teachers: list[int],
+) -> None:
+    one = [0.60, 0.62]
+    values = {"a": {"val_acc": [one] * len(teachers) if len(teachers) > 1 else one}}
+    v = judge(values, baseline=None, winner="a", winner_search_value=0.7, metric="val_acc",
+              seeds=[7, 8], teachers=teachers)  # fmt: skip
+    under = " under teacher seeds 3, 4" if len(teachers) > 1 else ""
+    assert verdict_markdown(v) == (
+        "# Verdict\n\n"
+        "a: search 0.7000 -> confirmed 0.6100 (+0.0900 selection bias); no baseline to compare "
+        "with\n\n"
+        f"Confirm seeds 7, 8{under}: never used by the search. The study has no baseline point, "
+        "so no config was compared with one; give the study an `enqueue` point (for example the "
+        "DKD defaults at epsilon 0) to get differences, p-values and verdicts.\n"
+    )
