@@ -1,8 +1,9 @@
 """A batch: trials asked of the sampler together and trained as one population.
 
-Each trial of a batch runs in its own thread inside Optuna's ``optimize`` (so each keeps its
-RDB heartbeat, its pruning and its state as a single trial does); the thread hands its job to
-the :class:`Batch` and waits, and the worker's main thread trains every job at once with
+Every trial runs in a batch (of one unless ``--batch`` says more). Each trial of a batch runs
+in its own thread inside Optuna's ``optimize`` (so each keeps its RDB heartbeat, its pruning
+and its state as a single trial does); the thread hands its job to the :class:`Batch` and
+waits, and the worker's main thread trains every job at once with
 :func:`dgkd.search.trial.train_trials`. Outcomes are handed out when the whole batch has
 trained: a pruned trial's seeds leave the population at once, its thread ends with the batch.
 """

@@ -1,4 +1,4 @@
-"""A worker: one process running an Optuna study's trials, one at a time or in batches.
+"""A worker: one process running an Optuna study's trials in batches (of one by default).
 
 Workers claim a trial (or a batch of them, :mod:`.batch`) under a file lock (check the count,
 ``ask``), so several processes on a machine (:mod:`.processes`) stop at exactly the total.
@@ -41,7 +41,7 @@ from dgkd.search.records import (
     TrialState,
 )
 from dgkd.search.sampling import make_pruner, make_sampler
-from dgkd.search.trial import TrialJob, TrialOutcome, TrialTracking, train_trial
+from dgkd.search.trial import TrialJob, TrialOutcome, TrialTracking
 from dgkd.search.trialfiles import (
     save_students,
     trial_checkpoint,
@@ -114,7 +114,6 @@ class Worker:
 
     def loop(self) -> None:
         """Claim and run trials until finished + running trials reach the total."""
-        callbacks = [self._after] if self.on_change else None
         while True:
             self._lock.acquire()
             self._holding = True
@@ -124,32 +123,31 @@ class Worker:
                 free = self.total - occupied(self.ostudy.get_trials(deepcopy=False))
                 if free <= 0:
                     return
-                if self._batch > 1:
-                    self._run_batch(min(self._batch, free))
-                    continue
-                self.ostudy.optimize(
-                    self._objective,
-                    n_trials=1,
-                    catch=(_TrialFailed,),
-                    callbacks=callbacks,
-                    gc_after_trial=False,
-                )
+                self._run_batch(min(self._batch, free))
             finally:
                 self._release()
 
     def _run_batch(self, size: int) -> None:
         """Ask for ``size`` trials, one after another (so the sampler's draws and the trials'
         numbers are reproducible, and each sees the ones before it as running), then release
-        the claim and train them as one population here."""
+        the claim and train them as one population here.
+
+        A single trial goes this way too: Optuna's ``ask`` and ``tell`` then run in the trial's
+        thread, which Ctrl-C and SIGTERM never reach (Python runs signal handlers in the main
+        thread), so no signal can land between a trial's creation or its end and their
+        recording; the main thread, which trains, handles every interruption.
+        """
         batch = Batch()
-        threads: list[threading.Thread] = []
+        ended: list[threading.Event] = []  # one per started thread: set when it has ended
         try:
             for _ in range(size):
-                claimed = threading.Event()
-                threads.append(
-                    threading.Thread(target=self._batch_thread, args=(batch, claimed), daemon=True)
+                claimed, end = threading.Event(), threading.Event()
+                thread = threading.Thread(
+                    target=self._batch_thread, args=(batch, claimed, end), daemon=True
                 )
-                threads[-1].start()
+                with uninterruptible():  # a signal inside start() would hide whether it runs
+                    thread.start()
+                    ended.append(end)
                 claimed.wait()
             self._release()
             if self.on_change is not None:
@@ -170,14 +168,14 @@ class Worker:
                 batch.stop(exc)
             raise
         finally:
-            _join(threads)
+            _wait_for(ended)
             if self.on_change is not None:
                 self.on_change(self.records())
         errors = [e for e in batch.thread_errors if not isinstance(e, BatchFailed)]
         if errors:  # as the trial's own exception would have ended a single trial's worker
             raise errors[0]
 
-    def _batch_thread(self, batch: Batch, claimed: threading.Event) -> None:
+    def _batch_thread(self, batch: Batch, claimed: threading.Event, end: threading.Event) -> None:
         try:
             self.ostudy.optimize(
                 lambda trial: self._batch_trial(trial, batch, claimed),
@@ -189,6 +187,7 @@ class Worker:
             batch.thread_errors.append(exc)
         finally:
             claimed.set()
+            end.set()
 
     def _batch_trial(self, trial: optuna.Trial, batch: Batch, claimed: threading.Event) -> float:
         try:
@@ -215,10 +214,6 @@ class Worker:
                 self._interrupted(trial)
             raise
 
-    def _after(self, _study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        if self.on_change is not None:
-            self.on_change(self.records())
-
     def _interrupted(self, trial: optuna.Trial) -> None:
         """Keep its number, do not count it, re-run its parameters (its state stays for that).
 
@@ -233,22 +228,11 @@ class Worker:
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C or SIGTERM")
 
-    def _objective(self, trial: optuna.Trial) -> float:
-        self._release()  # the trial now exists (RUNNING): others may claim theirs
-        try:  # its state stays for its re-run if interrupted, goes when it ends
-            with trial_checkpoint(self.opts.out_dir, trial.number, retried_trial(trial)) as path:
-                return self._trial(trial, path)
-        except KeyboardInterrupt:
-            self._interrupted(trial)
-            raise
-
     def _job(self, trial: optuna.Trial, rows: list[dict[str, float]]) -> TrialJob:
         """The trial's parameters drawn, and what it trains; ``rows`` collects its epochs."""
         trial.set_user_attr("worker", self._id)
         params = self.study.space.suggest(trial)
         cfg = self.study.config(params, self.opts.overrides)
-        if self.on_change is not None and self._batch == 1:  # a batch updates from one thread
-            self.on_change(self.records())
 
         def on_epoch(epoch: int, row: dict[str, float], last: bool) -> None:
             rows.append(row)
@@ -259,27 +243,6 @@ class Worker:
 
         tracking = TrialTracking(self.opts.mlflow, self.study.name, trial.number)
         return TrialJob(cfg, on_epoch, self._seeds, tracking)
-
-    def _trial(self, trial: optuna.Trial, path: Path) -> float:
-        rows: list[dict[str, float]] = []
-        try:
-            job = self._job(trial, rows)
-            outcome = train_trial(
-                job.cfg,
-                metric=self.study.metric,
-                on_epoch=job.on_epoch,
-                seeds=job.seeds,
-                track=job.track,
-                checkpoint=path,
-            )
-        except optuna.TrialPruned:
-            raise
-        except Exception as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            write_history(self.opts.out_dir, trial.number, rows)
-        return self._finish(trial, outcome)
 
     def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> float:
         """Record a trained trial's metrics and student; its value, or :class:`_TrialFailed`."""
@@ -303,14 +266,22 @@ class Worker:
         return outcome.value
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    """Wait for every thread of a batch (they only record their trials' ends), even through
-    Ctrl-C or SIGTERM: a trial left behind would stay RUNNING. An interruption is raised after."""
+def _wait_for(ended: list[threading.Event]) -> None:
+    """Wait until every thread of a batch has ended (they record their trials' ends), even
+    through Ctrl-C or SIGTERM: a trial left behind would stay RUNNING. An interruption is raised
+    after.
+
+    Events, not ``Thread.join``: before Python 3.13 a join interrupted by a signal marks the
+    still-running thread as stopped, so every later join returns at once (CPython gh-90882). The
+    worker then exited under its batch's threads, killing one before it told the storage its
+    trial's end (left RUNNING), or while it held the journal's lock file (the other worker then
+    waited for the lock, up to Optuna's 30 s grace period, past the parent's stop timeout).
+    """
     interrupted = False
-    for thread in threads:
-        while thread.ident is not None:  # started
+    for end in ended:
+        while True:
             try:
-                thread.join()
+                end.wait()
                 break
             except KeyboardInterrupt:
                 interrupted = True

@@ -4,6 +4,9 @@ re-enqueues every trial of it, and their re-run resumes the batch's checkpoint."
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 
 from dgkd import checkpoint as ckpt
 from dgkd.cli import search_main
+from dgkd.search.optuna.workers import Worker
 from dgkd.search.trialfiles import checkpoint_path
 
 # One process: the tests patch what a trial reports and count the epochs it trains, here.
@@ -84,3 +88,31 @@ def test_an_interrupted_batch_is_reenqueued_and_resumed(
     assert not (out / "smoke" / "checkpoints").exists() or not any(
         (out / "smoke" / "checkpoints").iterdir()
     )
+
+
+def test_a_signal_while_a_batch_records_its_trials_ends_the_search_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM when the batch has trained and its threads are recording their trials' ends: the
+    search stops (exit 130) once both trials are COMPLETE, not with one left RUNNING. Before
+    Python 3.13, a ``Thread.join`` cut by the signal marks the thread stopped while it still
+    runs (CPython gh-90882), and the worker let its trial threads go."""
+    finish = Worker._finish
+    both = threading.Barrier(2)
+    recorded: list[int] = []
+
+    def signalled_finish(self: Worker, trial: optuna.Trial, outcome: Any) -> float:
+        if both.wait() == 0:  # both trial threads are here: the main thread waits for them
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+        # Both still recording when the main thread is interrupted, the first one longer: a
+        # cut join of the first thread would not wait for it, the second's join would not cover it
+        time.sleep(1.5 if trial.number == 0 else 0.5)
+        value = finish(self, trial, outcome)
+        recorded.append(trial.number)
+        return value
+
+    monkeypatch.setattr(Worker, "_finish", signalled_finish)
+    assert _search(tmp_path, "--trials", "4", "--batch", "2") == 130
+    assert sorted(recorded) == [0, 1]  # when the search returned
+    trials = _journal(tmp_path).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
