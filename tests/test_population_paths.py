@@ -81,3 +81,55 @@ def test_image_members_with_other_loss_settings_match_their_runs_alone() -> None
         base.replace(seed=4, epsilon=2.0, alpha=0.5, beta=2.0, temperature=3.0),
     ]
     assert_image_members_train_alone(cfgs, splits)
+
+
+def _epoch(cfgs: list[TrainConfig], perms: torch.Tensor, x: torch.Tensor):  # -> EpochData
+    from types import SimpleNamespace
+
+    from dgkd.step import EpochData
+
+    splits = SimpleNamespace(augment=False, inputs=lambda batch, train: batch)
+    y = torch.arange(x.shape[0]) % 3
+    return EpochData(cfgs, splits, perms, x, y, None, {}, [1.0] * len(cfgs))  # type: ignore[arg-type]
+
+
+def test_an_epochs_examples_are_gathered_once_only_when_every_members_copy_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """K members' shuffled copies of the training set are gathered up front only within the
+    memory bound (a large population on a large dataset would hold K copies); beyond it each
+    batch is gathered on its own. The inputs are the same either way."""
+    from dgkd import step
+
+    x = torch.randn(10, 3)  # 10 examples of 12 bytes
+    g = torch.Generator().manual_seed(0)
+    perms = torch.stack([torch.randperm(10, generator=g) for _ in range(3)])
+    cfgs = [TrainConfig(seed=s) for s in range(3)]
+    monkeypatch.setattr(step, "_EPOCH_BYTES", 3 * 10 * 12)  # exactly the three copies
+    fits = _epoch(cfgs, perms, x)
+    assert fits.xs is not None and torch.equal(fits.xs, x[perms])
+    monkeypatch.setattr(step, "_EPOCH_BYTES", 3 * 10 * 12 - 1)
+    too_big = _epoch(cfgs, perms, x)
+    assert too_big.xs is None
+    for batch in (slice(0, 4), slice(4, 10)):
+        expected = x[perms[:, batch]]
+        assert torch.equal(fits.inputs(batch, []), expected)
+        assert torch.equal(too_big.inputs(batch, []), expected)
+    monkeypatch.setattr(step, "_EPOCH_BYTES", 0)  # one member: its own run gathers it too
+    alone = _epoch(cfgs[:1], perms[:1], x)
+    assert alone.xs is not None and torch.equal(alone.xs, x[perms[:1]])
+
+
+def test_consecutive_members_of_one_loss_family_share_one_kernel_call() -> None:
+    """dkd and dgkd share the fused kernel, ce and kd have their own, a plugin method runs
+    member by member; a population is cut where the family changes."""
+    from dgkd.step import family
+
+    assert family("dkd") == family("dgkd") == (2, "")
+    assert len({family("ce"), family("kd"), family("dkd")}) == 3
+    assert family("ce") < family("kd") < family("dkd")
+    methods = ["dkd", "dgkd", "ce", "ce", "kd", "dgkd"]
+    cfgs = [TrainConfig(seed=k, method=m) for k, m in enumerate(methods)]
+    perms = torch.stack([torch.arange(4)] * len(cfgs))
+    data = _epoch(cfgs, perms, torch.randn(4, 3))
+    assert data.families == [slice(0, 2), slice(2, 4), slice(4, 5), slice(5, 6)]
