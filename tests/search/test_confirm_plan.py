@@ -237,3 +237,24 @@ def test_confirm_csv_rows_and_the_progress_lines_read_back(tmp_path: Path) -> No
     lines.clear()
     run_confirm(study, single, tmp_path / "single", trainer=Trainer(), log=lines.append)
     assert lines == ["confirm: 2 config(s) on 3 fresh seed(s)"]
+
+
+def test_a_value_of_zero_ranks_as_zero_and_one_fresh_seed_is_a_plan() -> None:
+    """A trial whose value is exactly 0 (accuracy 0, a calibration error of 0) is ranked by that
+    value, last when maximizing and first when minimizing; a stage of one fresh seed is planned
+    (only zero seeds or zero configs mean no stage)."""
+    study = load_study("smoke")
+    records = [
+        TrialRecord(0, TrialState.COMPLETE, 0.5, {"epsilon": 0.0}),
+        TrialRecord(1, TrialState.COMPLETE, 0.0, {"epsilon": 2.0}),
+        TrialRecord(2, TrialState.COMPLETE, 0.3, {"epsilon": 4.0}),
+    ]
+    high = plan_confirm(study, records, top=2, n_seeds=1, search_seeds=[0])
+    assert high is not None and high.winner == "baseline"
+    assert list(high.configs) == ["baseline", "trial 2", "trial 1"]
+    low = plan_confirm(study.replace(direction="minimize"), records, top=2, n_seeds=1,
+                       search_seeds=[0])  # fmt: skip
+    assert low is not None and low.winner == "trial 1"
+    assert list(low.configs) == ["baseline", "trial 1", "trial 2"]
+    assert plan_confirm(study, records, top=2, n_seeds=0, search_seeds=[0]) is None
+    assert plan_confirm(study, records, top=0, n_seeds=1, search_seeds=[0]) is None

@@ -196,3 +196,16 @@ def test_trial_seeds_csv_has_a_row_per_seed_and_every_metric_any_seed_has() -> N
     assert frame["ece"].isna().tolist() == [True, True, False]
     empty = seeds_frame(records[2:])
     assert list(empty.columns) == ["trial", "state", "seed"] and empty.empty
+
+
+def test_the_same_point_is_found_through_float_noise_and_by_its_choices() -> None:
+    """The baseline is found among the trials when its numbers differ only by float noise
+    (a value of 0 stored as 1e-13), and a choice parameter must be the same choice."""
+    from dgkd.search.seeds import same_params
+
+    assert same_params({"epsilon": 0.0}, {"epsilon": 1e-13})
+    assert same_params({"epsilon": 2.0, "beta": 8}, {"epsilon": 2.0 + 1e-13, "beta": 8.0})
+    assert not same_params({"epsilon": 0.0}, {"epsilon": 1e-9})
+    assert same_params({"grad_term": "raw", "epsilon": 1.0}, {"grad_term": "raw", "epsilon": 1.0})
+    assert not same_params({"grad_term": "raw"}, {"grad_term": "normalized"})
+    assert not same_params({"epsilon": 1.0}, {"epsilon": 1.0, "beta": 8.0})

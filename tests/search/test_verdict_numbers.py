@@ -302,3 +302,30 @@ def test_without_a_baseline_verdict_md_says_nothing_was_compared_and_how_to_comp
         "so no config was compared with one; give the study an `enqueue` point (for example the "
         "DKD defaults at epsilon 0) to get differences, p-values and verdicts.\n"
     )
+
+
+def test_equivalence_under_teachers_reads_the_teacher_means_interval_and_the_looks_level() -> None:
+    """Under 3 teachers a config is +0.004, -0.004 and +0.003 against the baseline on every seed:
+    the two-level bootstrap CI lies inside val_acc's rope of 0.005, but the t-interval on the 3
+    teacher means (0.001 ± 4.30 x 0.00436 / sqrt(3) = ± 0.0108) does not: inconclusive, not
+    equivalent. And a difference with p 0.00096 (one config: its Holm p) is better at level 0.05
+    but not at a sequential look's level of 0.0005."""
+    seeds = [1, 2, 3, 4]
+    base = [[0.60, 0.61, 0.62, 0.63]] * 3
+    shifted = [[x + d for x in base[0]] for d in (0.004, -0.004, 0.003)]
+    v = judge({"baseline": {"val_acc": base}, "a": {"val_acc": shifted}}, baseline="baseline",
+              winner="a", winner_search_value=0.7, metric="val_acc", seeds=seeds,
+              teachers=[0, 1, 2])  # fmt: skip
+    c = next(c for c in v.comparisons if c.metric == "val_acc")
+    assert -0.005 < c.ci_low < c.ci_high < 0.005  # the bootstrap CI alone would say equivalent
+    half = sps.t.ppf(0.975, 2) * np.std([0.004, -0.004, 0.003], ddof=1) / math.sqrt(3)
+    assert 0.001 + half > 0.005
+    assert c.verdict == "inconclusive"
+    gain = {"val_acc": list(BASE + DIFFS["a"])}
+    p = sps.ttest_rel(BASE + DIFFS["a"], BASE).pvalue
+    assert 0.0005 < p < 0.05
+    for alpha, word in ((0.05, "better"), (0.0005, "inconclusive")):
+        v = judge({"baseline": {"val_acc": list(BASE)}, "a": gain}, baseline="baseline",
+                  winner="a", winner_search_value=0.7, metric="val_acc", seeds=SEEDS,
+                  alpha=alpha)  # fmt: skip
+        assert next(c for c in v.comparisons if c.metric == "val_acc").verdict == word

@@ -145,16 +145,7 @@ def test_killed_search_resumes_to_exactly_the_total(tmp_path: Path) -> None:
     assert cut["state"] == "FAIL" and cut["fail_reason"].startswith("interrupted (process ")
 
 
-# The batch case leaves one trial RUNNING in about one CI run of three on 2 loaded cores (a rerun's
-# recovery then fails and re-enqueues it, so nothing is lost); the cause is still open. Non-strict:
-# it runs every time and is reported, without failing the suite; when it fails, the killed
-# worker's stacks are in its assertion message (`pytest --runxfail` shows it).
-_BATCH_RACE = pytest.mark.xfail(
-    strict=False, reason="open: a batch trial can stay RUNNING under load"
-)
-
-
-@pytest.mark.parametrize(("batch", "total"), [("1", 5), pytest.param("2", 8, marks=_BATCH_RACE)])
+@pytest.mark.parametrize(("batch", "total"), [("1", 5), ("2", 8)])
 def test_sigterm_interrupts_workers_which_reenqueue_their_trials(
     tmp_path: Path, batch: str, total: int
 ) -> None:
