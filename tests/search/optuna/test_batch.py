@@ -98,7 +98,7 @@ def test_a_signal_while_a_batch_records_its_trials_ends_the_search_after_them(
     Python 3.13, a ``Thread.join`` cut by the signal marks the thread stopped while it still
     runs (CPython gh-90882), and the worker let its trial threads go."""
     finish = Worker._finish
-    both = threading.Barrier(2)
+    both = threading.Barrier(2, timeout=120)  # a broken barrier fails the test, never hangs it
     recorded: list[int] = []
 
     def signalled_finish(self: Worker, trial: optuna.Trial, outcome: Any) -> float:
