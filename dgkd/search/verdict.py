@@ -245,7 +245,8 @@ def _ropes(names: Iterable[str]) -> str:
 
 
 def verdict_markdown(v: Verdict, *, labels: Mapping[str, str] | None = None) -> str:
-    """``verdict.md``: the headline, then one table row per config and metric."""
+    """``verdict.md``: the headline, then one table row per config and metric (without a
+    baseline, what was run and how to get comparisons)."""
     labels = labels or {}
     several = len(v.teachers) > 1
     if not v.baseline:
@@ -309,7 +310,7 @@ def _no_baseline(v: Verdict) -> str:
     return (
         f"Confirm seeds {', '.join(map(str, v.seeds))}{under}: never used by the search. The "
         "study has no baseline point, so no config was compared with one; give the study an "
-        "`enqueue` point (for example the DKD defaults at epsilon 0) to get differences, "
+        "`enqueue` point (for example `enqueue = [{ epsilon = 0.0 }]`: DKD) to get differences, "
         "p-values and verdicts."
     )
 

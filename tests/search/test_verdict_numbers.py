@@ -299,8 +299,8 @@ def test_without_a_baseline_verdict_md_says_nothing_was_compared_and_how_to_comp
         "a: search 0.7000 -> confirmed 0.6100 (+0.0900 selection bias); no baseline to compare "
         "with\n\n"
         f"Confirm seeds 7, 8{under}: never used by the search. The study has no baseline point, "
-        "so no config was compared with one; give the study an `enqueue` point (for example the "
-        "DKD defaults at epsilon 0) to get differences, p-values and verdicts.\n"
+        "so no config was compared with one; give the study an `enqueue` point (for example "
+        "`enqueue = [{ epsilon = 0.0 }]`: DKD) to get differences, p-values and verdicts.\n"
     )
 
 
