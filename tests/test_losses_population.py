@@ -243,3 +243,29 @@ def test_one_runs_loss_with_the_teachers_precomputed_side_is_the_same_loss() -> 
         loss.backward()
         out.append((loss.detach(), terms["tckd"], z.grad))
     torch.testing.assert_close(out[1], out[0], rtol=1e-6, atol=1e-7)
+
+
+def test_a_populations_loss_settings_are_each_members_own_numbers() -> None:
+    """The numbers a population's loss runs with: each member's own grad_term, grad_sign and
+    temperature, its weights scaled by its warmup factor (epsilon only for dgkd); one plain
+    number where every member agrees, as a single run has."""
+    from dgkd.config import TrainConfig
+    from dgkd.step import loss_settings
+
+    base = TrainConfig()  # dgkd: normalized term, sign -1, alpha 1, beta 1, epsilon 6, T 4
+    other = base.replace(seed=1, grad_term="raw", grad_sign=1.0, alpha=0.5, temperature=2.0)
+    dkd = base.replace(seed=2, method="dkd")
+    s = loss_settings([base, other, dkd], [1.0, 0.5, 1.0], torch.device("cpu"))
+    assert s["grad_term"] == ["normalized", "raw", "normalized"]
+    assert s["grad_sign"].tolist() == [-1.0, 1.0, -1.0]
+    assert s["temperature"].tolist() == [4.0, 2.0, 4.0]
+    assert s["alpha"].tolist() == [1.0, 0.25, 1.0]
+    assert s["beta"].tolist() == [1.0, 0.5, 1.0]
+    assert s["epsilon"].tolist() == [6.0, 3.0, 0.0]  # dkd has no gradient term
+    assert s["ce_weight"] == 1.0 and s["alpha"].dtype == torch.float64
+    same = loss_settings([base, base.replace(seed=1)], [1.0, 1.0], torch.device("cpu"))
+    assert same == {"ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "epsilon": 6.0,
+                    "temperature": 4.0, "grad_term": "normalized", "grad_sign": -1.0}  # fmt: skip
+    kd = loss_settings([base.replace(method="kd"), base.replace(method="kd", kd_weight=2.0)],
+                       [0.5, 1.0], torch.device("cpu"))  # fmt: skip
+    assert kd == {"ce_weight": 1.0, "temperature": 4.0, "kd_weight": 2.0}  # 0.5 x 4 = 1 x 2
