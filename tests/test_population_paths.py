@@ -83,12 +83,14 @@ def test_image_members_with_other_loss_settings_match_their_runs_alone() -> None
     assert_image_members_train_alone(cfgs, splits)
 
 
-def _epoch(cfgs: list[TrainConfig], perms: torch.Tensor, x: torch.Tensor):  # -> EpochData
+def _epoch(
+    cfgs: list[TrainConfig], perms: torch.Tensor, x: torch.Tensor, splits: object = None
+):  # -> EpochData
     from types import SimpleNamespace
 
     from dgkd.step import EpochData
 
-    splits = SimpleNamespace(augment=False, inputs=lambda batch, train: batch)
+    splits = splits or SimpleNamespace(augment=False, inputs=lambda batch, train: batch)
     y = torch.arange(x.shape[0]) % 3
     return EpochData(cfgs, splits, perms, x, y, None, {}, [1.0] * len(cfgs))  # type: ignore[arg-type]
 
@@ -133,3 +135,42 @@ def test_consecutive_members_of_one_loss_family_share_one_kernel_call() -> None:
     perms = torch.stack([torch.arange(4)] * len(cfgs))
     data = _epoch(cfgs, perms, torch.randn(4, 3))
     assert data.families == [slice(0, 2), slice(2, 4), slice(4, 5), slice(5, 6)]
+
+
+def test_training_inputs_are_augmented_per_member_with_its_own_generator() -> None:
+    """Each member's batch goes through the training transform (augmentation when the data has
+    it) with that member's own generator, as in its own run; without augmentation, through the
+    training transform once for all."""
+    from types import SimpleNamespace
+
+    calls: list[tuple[bool, object]] = []
+
+    def inputs(batch: torch.Tensor, train: bool, generator: object = None) -> torch.Tensor:
+        calls.append((train, generator))
+        return batch + 1.0 if train else batch
+
+    x = torch.randn(6, 3)
+    perms = torch.stack([torch.randperm(6, generator=torch.Generator().manual_seed(k))
+                         for k in range(3)])  # fmt: skip
+    cfgs = [TrainConfig(seed=k) for k in range(3)]
+    gens = [torch.Generator().manual_seed(k) for k in range(3)]
+    data = _epoch(cfgs, perms, x, SimpleNamespace(augment=True, inputs=inputs))
+    assert torch.equal(data.inputs(slice(1, 5), gens), x[perms[:, 1:5]] + 1.0)
+    assert calls == [(True, g) for g in gens]
+    calls.clear()
+    data = _epoch(cfgs, perms, x, SimpleNamespace(augment=False, inputs=inputs))
+    assert torch.equal(data.inputs(slice(1, 5), gens), x[perms[:, 1:5]] + 1.0)
+    assert calls == [(True, None)]
+
+
+def test_a_family_without_a_teacher_never_runs_the_teacher_model() -> None:
+    """A population's ce members get no teacher logits, even on image data where the teacher
+    runs per batch for the distilling members."""
+
+    def teacher(batch: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the teacher ran for a family that does not need it")
+
+    cfgs = [TrainConfig(seed=0, method="ce"), TrainConfig(seed=1, method="ce")]
+    data = _epoch(cfgs, torch.stack([torch.arange(4)] * 2), torch.randn(4, 3))
+    x = data.inputs(slice(0, 4), [])
+    assert data.teacher(0, slice(0, 4), x, teacher) == (None, None)  # type: ignore[arg-type]
