@@ -155,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         run = ["run", "--max-children", str(args.jobs), *names]
         returncode = _run_mutmut(run, log, append=args.resume)
     verdicts = _results(patterns)
+    # A function changed since the last part gets new mutants when mutmut starts, after the
+    # names above were chosen: check those too, in one more pass.
+    new = sorted(n for n, v in verdicts.items() if v == "not checked" and n not in names)
+    if args.resume and returncode == 0 and new:
+        print(f"mutmut: {len(new)} mutant(s) of changed functions", flush=True)
+        run = ["run", "--max-children", str(args.jobs), *new]
+        returncode = _run_mutmut(run, log, append=True)
+        verdicts = _results(patterns)
     if returncode == 130:
         checked = sum(v != "not checked" for v in verdicts.values())
         print(f"stopped: {checked} of {len(verdicts)} mutants checked; --resume continues")

@@ -12,6 +12,7 @@ import fnmatch
 import json
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -75,6 +76,25 @@ def test_a_mutants_tests_run_its_own_file_first_training_last_and_the_fastest_fi
     assert [i.nodeid for i in items] == [ids[4], ids[3], ids[1], ids[2], ids[0]]
 
 
+def _offline_mutate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, Path]:
+    """``scripts.mutate`` reading its results from ``tmp_path / "mutants"``, with mutmut's
+    exit-code verdicts faked (the mutate extra is not installed for the suite)."""
+    import sys
+    from types import SimpleNamespace
+
+    from scripts import mutate
+
+    codes = {None: "not checked", 0: "survived", 1: "killed"}
+    verdicts = SimpleNamespace(status_by_exit_code=codes)
+    monkeypatch.setitem(sys.modules, "mutmut", SimpleNamespace(stats=verdicts))
+    monkeypatch.setitem(sys.modules, "mutmut.stats", verdicts)
+    mutants = tmp_path / "mutants"
+    monkeypatch.setattr(mutate, "MUTANTS", mutants)
+    monkeypatch.setattr(mutate, "_mutmut", lambda: "mutmut")
+    monkeypatch.setattr(mutate, "_diff", lambda name: "")
+    return mutate, mutants
+
+
 def _meta(mutants: Path, codes: dict[str, int | None]) -> None:
     (mutants / "dgkd").mkdir(parents=True, exist_ok=True)
     (mutants / "dgkd" / "stats.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
@@ -85,20 +105,7 @@ def test_a_resumed_run_checks_only_the_unchecked_mutants_and_the_survivors_then_
 ) -> None:
     """A whole run takes hours: ``--resume`` continues one stopped part-way (or rechecks its
     survivors after tests were added) without running the killed mutants again."""
-    import sys
-    from types import SimpleNamespace
-
-    from scripts import mutate
-
-    # mutmut's exit-code verdicts (the mutate extra is not installed for the suite)
-    codes = {None: "not checked", 0: "survived", 1: "killed"}
-    verdicts = SimpleNamespace(status_by_exit_code=codes)
-    monkeypatch.setitem(sys.modules, "mutmut", SimpleNamespace(stats=verdicts))
-    monkeypatch.setitem(sys.modules, "mutmut.stats", verdicts)
-    mutants = tmp_path / "mutants"
-    monkeypatch.setattr(mutate, "MUTANTS", mutants)
-    monkeypatch.setattr(mutate, "_mutmut", lambda: "mutmut")
-    monkeypatch.setattr(mutate, "_diff", lambda name: "")
+    mutate, mutants = _offline_mutate(tmp_path, monkeypatch)
     assert mutate.main(["--resume"]) == 2  # nothing to resume yet
     assert "run it without --resume first" in capsys.readouterr().out
 
@@ -126,3 +133,29 @@ def test_a_resumed_run_checks_only_the_unchecked_mutants_and_the_survivors_then_
     out = capsys.readouterr().out
     assert "resuming: 1 of 3 mutants killed already" in out
     assert "mutation score: 2 killed of 3 (66.7%)" in out
+
+
+def test_a_resumed_run_also_checks_the_mutants_of_functions_changed_since_the_last_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mutmut regenerates a changed function's mutants when it starts, after ``--resume`` chose
+    what to run: those come unchecked out of the first pass and get a second one."""
+    mutate, mutants = _offline_mutate(tmp_path, monkeypatch)
+    kept, survivor, changed = (f"dgkd.stats.x_holm__mutmut_{i}" for i in (1, 2, 3))
+    _meta(mutants, {kept: 1, survivor: 0, changed: 1})
+    ran: list[list[str]] = []
+
+    def run(args: list[str], log: Path, *, append: bool) -> int:
+        ran.append(args[3:])
+        if len(ran) == 1:  # the changed function's mutant is reset as mutmut starts
+            _meta(mutants, {kept: 1, survivor: 1, changed: None})
+        else:
+            _meta(mutants, {kept: 1, survivor: 1, changed: 1})
+        return 0
+
+    monkeypatch.setattr(mutate, "_run_mutmut", run)
+    assert mutate.main(["--resume"]) == 0
+    assert ran == [[survivor], [changed]]
+    out = capsys.readouterr().out
+    assert "mutmut: 1 mutant(s) of changed functions" in out
+    assert "mutation score: 3 killed of 3 (100.0%)" in out
