@@ -269,3 +269,31 @@ def test_a_populations_loss_settings_are_each_members_own_numbers() -> None:
     kd = loss_settings([base.replace(method="kd"), base.replace(method="kd", kd_weight=2.0)],
                        [0.5, 1.0], torch.device("cpu"))  # fmt: skip
     assert kd == {"ce_weight": 1.0, "temperature": 4.0, "kd_weight": 2.0}  # 0.5 x 4 = 1 x 2
+
+
+def test_two_members_of_a_partial_batch_are_each_their_own_loss_and_report_their_terms() -> None:
+    """Two kd members, two dgkd members, on 15 examples (not a multiple of 64: member by
+    member): each bitwise its own loss, and the terms a history reports (ce, kd; tckd, nckd,
+    ...) under their names."""
+    from dgkd.config import TrainConfig
+    from dgkd.step import population_loss
+
+    g = torch.Generator().manual_seed(3)
+    zs, zt = torch.randn(2, 15, C, generator=g), torch.randn(2, 15, C, generator=g)
+    y = torch.randint(0, C, (2, 15), generator=g)
+    base = TrainConfig()
+    for cfgs in (
+        [base.replace(method="kd"), base.replace(seed=1, method="kd", temperature=2.0)],
+        [base, base.replace(seed=1, epsilon=2.0, alpha=0.5)],
+    ):
+        loss, terms = population_loss(cfgs, zs, zt, y, [1.0, 0.5])
+        for k in range(2):
+            one, one_terms = population_loss(cfgs[k : k + 1], zs[k : k + 1], zt[k : k + 1],
+                                             y[k : k + 1], [1.0, 0.5][k : k + 1])  # fmt: skip
+            assert torch.equal(loss[k : k + 1], one)
+            assert terms.keys() == one_terms.keys()
+            assert all(torch.equal(terms[t][k : k + 1], one_terms[t]) for t in terms)
+    kd_cfgs = [base.replace(method="kd"), base.replace(seed=1, method="kd")]
+    _, terms = population_loss(kd_cfgs, zs, zt, y, [1.0, 1.0])
+    assert set(terms) == {"ce", "kd"}
+    assert torch.equal(terms["kd"], kd_loss(zs, zt, temperature=4.0).detach())

@@ -248,6 +248,9 @@ def test_verdict_md_lists_every_rounds_comparisons_and_why_the_stage_stopped() -
     assert "It stopped after round 1: every verdict on the objective was decisive." in (
         verdict_markdown(v, labels={})
     )
+    two = verdict_markdown(dataclasses.replace(v, looks=2), labels={})  # the fewest looks
+    assert "At this stage's last look, better and worse needed a corrected p below" in two
+    assert "with at most 2 looks" in two
 
 
 def test_verdict_md_says_how_it_was_computed_for_one_teacher_and_for_several() -> None:
