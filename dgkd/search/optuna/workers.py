@@ -273,9 +273,10 @@ def _wait_for(ended: list[threading.Event]) -> None:
 
     Events, not ``Thread.join``: before Python 3.13 a join interrupted by a signal marks the
     still-running thread as stopped, so every later join returns at once (CPython gh-90882). The
-    worker then exited under its batch's threads, killing one before it told the storage its
-    trial's end (left RUNNING), or while it held the journal's lock file (the other worker then
-    waited for the lock, up to Optuna's 30 s grace period, past the parent's stop timeout).
+    worker then exited while its batch's threads still ran, killing one before it told the
+    storage its trial's end (seen: the trial stayed RUNNING), and able to kill one holding the
+    journal's lock file (the other worker would then wait for that lock up to Optuna's 30 s
+    grace period, past the parent's stop timeout).
     """
     interrupted = False
     for end in ended:
