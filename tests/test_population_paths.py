@@ -2,7 +2,8 @@
 every loss setting are each bitwise the same run as alone, whether their batches go through the
 stacked loss (a multiple of 64 examples), member by member (any other size), or both (full
 batches stacked, the epoch's last, partial batch member by member); on the sequence models and
-on an image model."""
+on an image model. And how an epoch's data is laid out for a population: the memory bound on
+gathering it once, the loss families, each member's own training transform."""
 
 from __future__ import annotations
 
@@ -123,8 +124,8 @@ def test_an_epochs_examples_are_gathered_once_only_when_every_members_copy_fits(
 
 
 def test_consecutive_members_of_one_loss_family_share_one_kernel_call() -> None:
-    """dkd and dgkd share the fused kernel, ce and kd have their own, a plugin method runs
-    member by member; a population is cut where the family changes."""
+    """dkd and dgkd share the fused kernel, ce and kd have their own; a population is cut
+    where the family changes."""
     from dgkd.step import family
 
     assert family("dkd") == family("dgkd") == (2, "")
